@@ -1,0 +1,16 @@
+"""spksep: speaker-aware speech separation on top of SpeechBrain.
+
+Everything a recipe needs that SpeechBrain lacks lives here: models, frozen feature
+networks and their weight loaders, losses, metrics, LibriMix data preparation and the
+Brain subclasses.
+"""
+
+__version__ = "0.1.0"
+
+
+class SpkSepError(Exception):
+    """A user-facing problem (bad file, missing folder, wrong checkpoint...).
+
+    The message is one line that names the file or setting and the problem; the CLI and
+    train.py print it as ``error: <message>`` and exit with status 2, without a traceback.
+    """
