@@ -1,0 +1,55 @@
+"""Freezing and rate adaptation for pretrained networks used inside a loss or a pipeline."""
+
+import torch
+import torchaudio.functional as AF
+from torch import nn
+
+
+class Frozen(nn.Module):
+    """Wraps a pretrained network so that it never trains but still passes gradients.
+
+    The wrapped network stays in eval mode (dropout off, batch-norm statistics fixed) even
+    when the surrounding model is put in train mode, and its parameters have
+    ``requires_grad=False``, so an optimiser step never changes them. Gradients still flow
+    *through* it to its input: that is how a perceptual loss trains the separator.
+
+    Inputs at ``input_rate`` are resampled once, here, to the network's own ``net_rate``.
+
+    Arguments
+    ---------
+    net : nn.Module
+        Maps ``wav [batch, time]`` at ``net_rate`` to features (any shape).
+    net_rate : int
+        Sample rate the network was trained at.
+    input_rate : int
+        Sample rate of the waveforms this wrapper receives.
+    """
+
+    def __init__(self, net: nn.Module, net_rate: int, input_rate: int):
+        super().__init__()
+        self.net = net
+        self.net_rate = int(net_rate)
+        self.input_rate = int(input_rate)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.net.eval()
+
+    def train(self, mode: bool = True):
+        # Keep the pretrained network in eval mode whatever the parent does.
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def resample(self, wav: torch.Tensor) -> torch.Tensor:
+        """``[..., time]`` at ``input_rate`` -> ``[..., time']`` at ``net_rate``."""
+        if self.input_rate == self.net_rate:
+            return wav
+        return AF.resample(wav, self.input_rate, self.net_rate)
+
+    def embed(self, wav: torch.Tensor) -> torch.Tensor:
+        """Speaker networks: ``wav [batch, time]`` -> ``net.embed`` of it, ``[batch, dim]``."""
+        return self.net.embed(self.resample(wav))
+
+    def forward(self, wav: torch.Tensor, *args, **kwargs):
+        """``wav [batch, time]`` at ``input_rate`` -> whatever ``net`` returns."""
+        return self.net(self.resample(wav), *args, **kwargs)

@@ -1,0 +1,271 @@
+"""GE2E speaker encoder (Wan et al., 2018) with the weights that ship with ``resemblyzer``.
+
+The ``resemblyzer`` package carries a pretrained GE2E network (3-layer LSTM on 40-band
+mel frames at 16 kHz, a linear layer + ReLU, L2-normalised 256-d embeddings) but computes
+its features with librosa and trims silence with webrtcvad, neither of which passes
+gradients. Here the same network runs on a torch front end that reproduces resemblyzer's
+``wav_to_mel_spectrogram`` exactly, so both of its outputs are differentiable with respect
+to the waveform:
+
+* ``GE2E.frames(wav)``: per-frame outputs of the last LSTM layer, a representation for a
+  perceptual loss (``forward`` returns these, so the network plugs into ``Frozen``);
+* ``GE2E.embed(wav)``: the utterance embedding, computed like resemblyzer's
+  ``VoiceEncoder.embed_utterance`` (overlapping 1.6 s partials, averaged), for speaker
+  conditioning.
+
+What is *not* reproduced: resemblyzer's ``preprocess_wav`` (volume normalisation to
+-30 dBFS and VAD trimming of long silences). Callers pass the raw waveform; results equal
+``embed_utterance`` called directly on that waveform, i.e. with VAD off.
+
+The weights are read from the package's ``pretrained.pt`` without importing resemblyzer
+itself (which would import librosa and webrtcvad): see ``load_ge2e``.
+"""
+
+import importlib.util
+from pathlib import Path
+from typing import List, Optional, Union
+
+import torch
+import torch.nn.functional as F
+import torchaudio.functional as AF
+from torch import nn
+
+from spksep_modules import SpkSepError
+
+# resemblyzer's hparams.py, which fix what the pretrained weights expect.
+SAMPLE_RATE = 16000
+N_FFT = 400  # 25 ms window; librosa's win_length defaults to n_fft
+HOP = 160  # 10 ms step
+N_MELS = 40
+HIDDEN = 256
+EMBEDDING = 256
+LAYERS = 3
+PARTIAL_FRAMES = 160  # 1.6 s of frames per partial utterance
+
+
+class GE2EFrontEnd(nn.Module):
+    """Power mel spectrogram, equal to resemblyzer's ``wav_to_mel_spectrogram``.
+
+    resemblyzer calls ``librosa.feature.melspectrogram`` with its defaults: periodic Hann
+    window of ``n_fft`` samples, ``center=True`` with zero padding (librosa's default
+    ``pad_mode`` is "constant" since 0.10), squared magnitude (``power=2``), Slaney-style
+    mel filters normalised to constant area, 0 Hz to Nyquist. No logarithm: the encoder
+    was trained on the linear power mel.
+
+    The squared magnitude is taken as ``re^2 + im^2`` so that silent bins (where
+    ``|X| = 0``) still have a finite gradient.
+
+    Arguments
+    ---------
+    sample_rate, n_fft, hop, n_mels : int
+        Defaults are resemblyzer's; change them only for another GE2E checkpoint.
+    """
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, hop: int = HOP,
+                 n_mels: int = N_MELS):
+        super().__init__()
+        self.n_fft = n_fft
+        self.hop = hop
+        fbank = AF.melscale_fbanks(
+            n_freqs=n_fft // 2 + 1, f_min=0.0, f_max=sample_rate / 2, n_mels=n_mels,
+            sample_rate=sample_rate, norm="slaney", mel_scale="slaney",
+        )
+        # Not in the state dict: they are fixed by the hyperparameters, and leaving them out
+        # keeps the key names identical to resemblyzer's checkpoint.
+        self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
+        self.register_buffer("fbank", fbank, persistent=False)  # [freqs, mels]
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames that ``forward`` returns for ``num_samples`` samples (centred STFT)."""
+        return 1 + num_samples // self.hop
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """``wav [batch, time]`` -> power mel ``[batch, frames, n_mels]``."""
+        spec = torch.stft(
+            wav, n_fft=self.n_fft, hop_length=self.hop, window=self.window.to(wav.dtype),
+            center=True, pad_mode="constant", return_complex=True,
+        )  # [batch, freqs, frames]
+        power = spec.real.pow(2) + spec.imag.pow(2)
+        return torch.matmul(power.transpose(1, 2), self.fbank.to(power.dtype))
+
+
+def partial_starts(num_samples: int, rate: float = 1.3, min_coverage: float = 0.75) -> List[int]:
+    """First mel frame of each partial utterance, as resemblyzer's ``embed_utterance`` cuts them.
+
+    Partials are ``PARTIAL_FRAMES`` frames long and start every ``1 / rate`` seconds. They
+    cover the whole utterance: the last one may run past the end (the audio is then
+    zero-padded) and is kept only if at least ``min_coverage`` of it lies on real audio,
+    unless it is the only one. Audio shorter than a partial thus gives one partial,
+    zero-padded to 1.6 s.
+
+    Arguments
+    ---------
+    num_samples : int
+        Length of the utterance at 16 kHz.
+    rate : float
+        Partials per second (at least ``1 / 1.6``).
+    min_coverage : float
+        In ``(0, 1]``.
+
+    Returns
+    -------
+    list of int, never empty.
+    """
+    if not 0 < min_coverage <= 1:
+        raise ValueError(f"min_coverage must be in (0, 1], got {min_coverage}")
+    # resemblyzer writes this as ceil((n + 1) / hop); it equals the centred STFT's count.
+    n_frames = 1 + num_samples // HOP
+    step = int(round(SAMPLE_RATE / rate / HOP))
+    if not 0 < step <= PARTIAL_FRAMES:
+        raise ValueError(f"rate {rate} gives a partial step of {step} frames; "
+                         f"it must be in 1..{PARTIAL_FRAMES}")
+    starts = list(range(0, max(1, n_frames - PARTIAL_FRAMES + step + 1), step))
+    last = starts[-1] * HOP
+    coverage = (num_samples - last) / (PARTIAL_FRAMES * HOP)
+    if coverage < min_coverage and len(starts) > 1:
+        starts = starts[:-1]
+    return starts
+
+
+class GE2E(nn.Module):
+    """GE2E speaker encoder: mel front end, 3-layer LSTM, linear + ReLU.
+
+    Parameter names are resemblyzer's (``lstm.*``, ``linear.*``), so its ``pretrained.pt``
+    loads as is (see ``load_ge2e``). The network works on raw 16 kHz audio: no volume
+    normalisation and no VAD (see the module docstring).
+
+    Arguments
+    ---------
+    rate, min_coverage : float
+        How ``embed`` cuts an utterance into partials; defaults are resemblyzer's
+        ``embed_utterance`` defaults (see ``partial_starts``).
+
+    Example
+    -------
+    >>> net = GE2E()
+    >>> wav = torch.randn(2, 16000)
+    >>> net.frames(wav).shape, net.embed(wav).shape
+    (torch.Size([2, 101, 256]), torch.Size([2, 256]))
+    """
+
+    sample_rate = SAMPLE_RATE
+    embedding_dim = EMBEDDING
+    feature_dim = HIDDEN
+
+    def __init__(self, rate: float = 1.3, min_coverage: float = 0.75):
+        super().__init__()
+        self.rate = rate
+        self.min_coverage = min_coverage
+        self.mel = GE2EFrontEnd()
+        self.lstm = nn.LSTM(N_MELS, HIDDEN, LAYERS, batch_first=True)
+        self.linear = nn.Linear(HIDDEN, EMBEDDING)
+        self.lstm.train(True)
+
+    def train(self, mode: bool = True):
+        # cuDNN refuses to backpropagate through an LSTM in eval mode, and a frozen encoder
+        # inside a loss is in eval mode yet must pass gradients to its input. This LSTM has
+        # no dropout, so its training mode computes exactly what eval mode would: keep it.
+        super().train(mode)
+        self.lstm.train(True)
+        return self
+
+    @staticmethod
+    def _check(wav: torch.Tensor) -> None:
+        if wav.dim() != 2:
+            raise ValueError(f"GE2E expects wav [batch, time], got shape {tuple(wav.shape)}")
+
+    def frames(self, wav: torch.Tensor) -> torch.Tensor:
+        """``wav [batch, time]`` at 16 kHz -> last-layer LSTM outputs ``[batch, frames, 256]``.
+
+        One pass over the whole utterance (``frames = 1 + time // 160``), not over 1.6 s
+        partials: a frame-level representation for losses, not the embedding path.
+        """
+        self._check(wav)
+        out, _ = self.lstm(self.mel(wav))
+        return out
+
+    def _embed_partials(self, mels: torch.Tensor) -> torch.Tensor:
+        """``mels [n, frames, 40]`` -> L2-normalised embeddings ``[n, 256]`` (last frame)."""
+        out, _ = self.lstm(mels)
+        raw = F.relu(self.linear(out[:, -1]))
+        return F.normalize(raw, dim=-1)
+
+    def embed(self, wav: torch.Tensor) -> torch.Tensor:
+        """``wav [batch, time]`` at 16 kHz -> utterance embeddings ``[batch, 256]``.
+
+        Like resemblyzer's ``embed_utterance``, for a whole batch at once: cut the mel
+        spectrogram into overlapping 160-frame partials (zero-padding the audio so the
+        last one is complete), embed each, average the unit vectors and re-normalise.
+        All items share a length, hence the same partials.
+        """
+        self._check(wav)
+        num_samples = wav.shape[-1]
+        starts = partial_starts(num_samples, self.rate, self.min_coverage)
+        needed = (starts[-1] + PARTIAL_FRAMES) * HOP
+        if needed > num_samples:
+            wav = F.pad(wav, (0, needed - num_samples))
+        mel = self.mel(wav)  # [batch, frames, 40]
+        mels = torch.stack([mel[:, s:s + PARTIAL_FRAMES] for s in starts], dim=1)
+        batch, n_partials = mels.shape[:2]
+        partials = self._embed_partials(mels.flatten(0, 1)).view(batch, n_partials, -1)
+        return F.normalize(partials.mean(dim=1), dim=-1)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """Same as ``frames``: the representation a perceptual loss compares."""
+        return self.frames(wav)
+
+
+def packaged_weights() -> Path:
+    """Path of the ``pretrained.pt`` inside the installed ``resemblyzer`` package.
+
+    Found with ``importlib.util.find_spec``, which locates the package without running its
+    ``__init__`` (that would import librosa and webrtcvad).
+    """
+    spec = importlib.util.find_spec("resemblyzer")
+    if spec is None or not spec.submodule_search_locations:
+        raise SpkSepError("resemblyzer: package not installed; `pip install resemblyzer` "
+                          "(it carries the GE2E weights) or pass a checkpoint path")
+    return Path(list(spec.submodule_search_locations)[0]) / "pretrained.pt"
+
+
+def load_ge2e(path: Optional[Union[str, Path]] = None) -> GE2E:
+    """A pretrained ``GE2E`` in eval mode.
+
+    Arguments
+    ---------
+    path : str or Path, optional
+        A resemblyzer-format checkpoint (``{"model_state": state_dict, ...}``) or a bare
+        state dict. Default: the weights packaged with ``resemblyzer``. Entries other than
+        the LSTM and linear layer (resemblyzer's ``similarity_weight/bias``) are ignored.
+
+    Raises
+    ------
+    SpkSepError
+        If the file is missing, unreadable, or not a GE2E state dict.
+    """
+    path = Path(path) if path is not None else packaged_weights()
+    if not path.is_file():
+        raise SpkSepError(f"{path}: GE2E checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file; all mean the same here
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpkSepError(f"{path}: not a readable torch checkpoint ({reason})") from None
+    state = ckpt.get("model_state", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise SpkSepError(f"{path}: not a GE2E checkpoint (no state dict inside)")
+
+    net = GE2E()
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise SpkSepError(f"{path}: not a GE2E state dict (missing {shown})")
+    for key, value in expected.items():
+        got = state[key]
+        if not torch.is_tensor(got) or got.shape != value.shape:
+            shape = tuple(got.shape) if torch.is_tensor(got) else type(got).__name__
+            raise SpkSepError(f"{path}: not a GE2E state dict ({key} has shape {shape}, "
+                              f"expected {tuple(value.shape)})")
+    net.load_state_dict({k: state[k] for k in expected})
+    return net.eval()

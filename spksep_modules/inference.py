@@ -1,0 +1,162 @@
+"""Separate users' recordings with a trained run.
+
+A run folder (what ``train.py`` leaves in ``output_folder``) holds ``hyperparams.yaml``, which
+rebuilds the separator exactly as it was trained, and ``save/``, whose best checkpoint (lowest
+validation loss) gives its weights.
+
+Recordings may have any sample rate, any number of channels and any length: channels are
+averaged to mono, the signal is resampled to the model's rate, long signals are separated in
+overlapping chunks whose speaker order is matched before they are cross-faded, and each
+output is resampled back to the recording's own rate.
+"""
+
+import itertools
+import os
+import re
+
+import torch
+import torchaudio.functional as AF
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.checkpoints import Checkpointer
+
+from spksep_modules import SpkSepError
+from spksep_modules.audio import read_any, write_wav
+
+# Objects a run's yaml builds for training only; inference never needs them (and must not
+# need e.g. the wav2vec checkpoint the perceptual loss was trained with).
+_TRAINING_ONLY = {"perceptual": None, "perceptual_loss": None}
+
+
+def load_run(run_dir: str, device: str = "cpu"):
+    """Rebuild a trained separator from its run folder.
+
+    Returns ``(separator, sample_rate)``; the separator is in eval mode on ``device``.
+    """
+    hparams_file = os.path.join(run_dir, "hyperparams.yaml")
+    if not os.path.isfile(hparams_file):
+        raise SpkSepError(
+            f"{run_dir}: not a training run folder (no hyperparams.yaml); "
+            "train one with recipes/LibriMix/separation/train.py"
+        )
+    with open(hparams_file, encoding="utf-8") as f:
+        text = f.read()
+    unused = {k: v for k, v in _TRAINING_ONLY.items() if re.search(rf"^{k}:", text, re.M)}
+    hparams = load_hyperpyyaml(text, overrides=unused)
+    separator = hparams["separator"]
+    checkpointer = Checkpointer(os.path.join(run_dir, "save"), {"separator": separator})
+    if checkpointer.recover_if_possible(min_key="loss", device=device) is None:
+        raise SpkSepError(f"{run_dir}: no checkpoint in save/ (the run has not finished an epoch)")
+    return separator.to(device).eval(), int(hparams["sample_rate"])
+
+
+def load_basic_model(run_dir: str, expected: dict = None):
+    """The trained separator of a baseline run, for the speaker-conditioned model (on CPU;
+    the Brain moves it with the rest).
+
+    ``expected`` maps hparam names (``N``, ``num_spks``, ...) to the values the conditioned
+    yaml asks for; ``None`` values mean "whatever the run has". A mismatch is an error
+    rather than a silently different model.
+    """
+    if not run_dir or not os.path.isdir(str(run_dir)):
+        raise SpkSepError(
+            f"basic_model: {run_dir!r} is not a run folder; train the baseline first: "
+            "python train.py hparams/convtasnet.yaml --data_folder=... --output_folder=RUN_DIR, "
+            "then pass --basic_model=RUN_DIR"
+        )
+    separator, _ = load_run(run_dir)
+    with open(os.path.join(run_dir, "hyperparams.yaml"), encoding="utf-8") as f:
+        text = f.read()
+    for key, want in (expected or {}).items():
+        found = re.search(rf"^{key}: *(\S+)", text, re.M)
+        if want is not None and found and str(want) != found.group(1):
+            raise SpkSepError(
+                f"basic_model: {run_dir} was trained with {key}={found.group(1)}, "
+                f"this yaml asks for {key}={want} (set it to null to take the run's)"
+            )
+    return separator
+
+
+def _estimates(separator, mix: torch.Tensor) -> torch.Tensor:
+    """``mix [1, T]`` -> ``[T, C]`` with any separator (plain tensor or dict output)."""
+    out = separator(mix)
+    if isinstance(out, tuple):  # the conditioned model's (estimates, intermediate)
+        out = out[0]
+    return out[0]
+
+
+def _best_order(prev: torch.Tensor, new: torch.Tensor) -> list:
+    """Speaker order of ``new [T, C]`` that best matches ``prev [T, C]`` (on the overlap)."""
+    num_spks = prev.shape[1]
+    prev = prev - prev.mean(0)
+    new = new - new.mean(0)
+    corr = (prev.T @ new) / (prev.norm(dim=0)[:, None] * new.norm(dim=0)[None] + 1e-8)
+    perms = list(itertools.permutations(range(num_spks)))
+    scores = [sum(corr[i, p[i]] for i in range(num_spks)) for p in perms]
+    return list(perms[int(torch.tensor(scores).argmax())])
+
+
+@torch.no_grad()
+def separate_waveform(
+    separator, mix: torch.Tensor, chunk_seconds: float = 30.0, overlap_seconds: float = 2.0,
+    sample_rate: int = 16000,
+) -> torch.Tensor:
+    """Separate a mono signal ``mix [T]`` at the model's rate -> ``[T, C]``.
+
+    Signals longer than ``chunk_seconds`` are cut into chunks overlapping by
+    ``overlap_seconds``; each chunk's outputs are put in the speaker order of the previous
+    chunk (best correlation on the overlap) and cross-faded linearly, which bounds memory
+    for hour-long recordings.
+    """
+    chunk = int(chunk_seconds * sample_rate)
+    overlap = int(overlap_seconds * sample_rate)
+    if mix.numel() <= chunk:
+        return _estimates(separator, mix[None])
+    hop = chunk - overlap
+    starts = list(range(0, mix.numel() - overlap, hop))
+    out = None
+    for start in starts:
+        piece = _estimates(separator, mix[None, start : start + chunk])
+        if out is None:
+            out = piece
+            continue
+        ov = min(overlap, piece.shape[0], out.shape[0] - start)
+        piece = piece[:, _best_order(out[start : start + ov], piece[:ov])]
+        fade = torch.linspace(0, 1, ov)[:, None]
+        out[start : start + ov] = out[start : start + ov] * (1 - fade) + piece[:ov] * fade
+        out = torch.cat([out[: start + ov], piece[ov:]])
+    return out[: mix.numel()]
+
+
+def _match_mixture_scale(est: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """Rescale ``est [T, C]`` so that their sum best fits ``mix [T]`` (least squares).
+
+    SI-SNR training leaves each output's gain arbitrary; these gains give the outputs the
+    loudness they have in the recording.
+    """
+    gains = torch.linalg.lstsq(est.double(), mix.double()[:, None]).solution[:, 0]
+    gains = torch.where(gains.abs() > 1e-3, gains, torch.ones_like(gains))
+    return (est.double() * gains).float()
+
+
+def separate_files(files, run_dir: str, out_dir: str, device: str = "cpu", **chunking):
+    """Separate each recording in ``files``; write ``out_dir/<name>_s<i>.wav`` (one per speaker).
+
+    Returns the list of written paths.
+    """
+    separator, model_rate = load_run(run_dir, device)
+    written = []
+    for path in files:
+        wav, rate = read_any(path)  # [T, channels]
+        mono = wav.mean(dim=1)
+        mix = AF.resample(mono, rate, model_rate) if rate != model_rate else mono
+        est = separate_waveform(separator, mix.to(device), sample_rate=model_rate, **chunking).cpu()
+        est = _match_mixture_scale(est, mix)
+        if rate != model_rate:
+            est = AF.resample(est.T, model_rate, rate).T
+        est = est[: mono.numel()]
+        stem = os.path.splitext(os.path.basename(path))[0]
+        for i in range(est.shape[1]):
+            target = os.path.join(out_dir, f"{stem}_s{i + 1}.wav")
+            write_wav(target, est[:, i], rate)
+            written.append(target)
+    return written

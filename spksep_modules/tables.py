@@ -1,0 +1,72 @@
+"""Table I and Table II of Sun et al. from finished runs, the paper's numbers beside ours."""
+
+import json
+import os
+
+from spksep_modules import SpkSepError
+
+# model_name (the yaml's key) -> (row label, paper SI-SNR dB, paper STOI)
+TABLE_I = {
+    "convtasnet": ("Conv-TasNet", 14.118, 0.928),
+    "weighted_sum": ("P weighted-sum", 14.319, 0.930),
+    "triplet_like": ("P triplet-like", 14.298, 0.929),
+    "conditioning": ("Conditioning", 14.863, 0.936),
+}
+TABLE_II = {
+    "convtasnet": ("Basic loss (Conv-TasNet)", 14.118, 0.928),
+    "ablation_pos": ("Basic loss + D_pos", 14.205, 0.929),
+    "ablation_neg": ("Basic loss + D_neg", 14.318, 0.929),
+    "weighted_sum": ("Basic loss + D_pos + D_neg", 14.319, 0.930),
+}
+
+
+def read_summary(run_dir: str) -> dict:
+    """The ``test_summary.json`` of a run folder."""
+    path = os.path.join(run_dir, "test_summary.json")
+    if not os.path.isfile(path):
+        raise SpkSepError(f"{path}: missing (evaluate the run first: train.py ... --test_only)")
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except json.JSONDecodeError as err:
+        raise SpkSepError(f"{path}: not valid JSON ({err.msg})") from None
+    if "model" not in summary:
+        raise SpkSepError(f"{path}: no 'model' field")
+    return summary
+
+
+def _fmt(value, digits):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(title: str, rows: dict, summaries: list) -> str:
+    """One Markdown table; a paper row without a matching run shows '-' for ours."""
+    ours = {s["model"]: s for s in summaries}
+    lines = [
+        f"### {title}",
+        "",
+        "| Model | SI-SNR paper | SI-SNR ours | SI-SNRi ours | SDRi ours | STOI paper | STOI ours | runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, (label, paper_si_snr, paper_stoi) in rows.items():
+        s = ours.get(key, {})
+        lines.append(
+            f"| {label} | {paper_si_snr:.3f} | {_fmt(s.get('si_snr'), 3)} | "
+            f"{_fmt(s.get('si_snr_i'), 3)} | {_fmt(s.get('sdr_i'), 3)} | {paper_stoi:.3f} | "
+            f"{_fmt(s.get('stoi'), 3)} | {s.get('num_test', '-')} |"
+        )
+    return "\n".join(lines)
+
+
+def tables(run_dirs) -> str:
+    """Table I, and Table II when an ablation run is among ``run_dirs``."""
+    summaries = [read_summary(d) for d in run_dirs]
+    models = {s["model"] for s in summaries}
+    out = [markdown_table("Table I: models (Libri2Mix test)", TABLE_I, summaries)]
+    if models & {"ablation_pos", "ablation_neg"}:
+        out.append(markdown_table("Table II: ablation on P weighted-sum", TABLE_II, summaries))
+    out.append(
+        "\nPaper's SI-SNR column: the paper does not say whether it is the output SI-SNR or the "
+        "improvement, so both of ours are shown. 'runs' is the number of test mixtures."
+    )
+    return "\n\n".join(out)

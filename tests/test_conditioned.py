@@ -1,0 +1,203 @@
+"""FiLM, the Wavesplit stack and the speaker-conditioned separator, at tiny sizes."""
+
+import pytest
+import torch
+from torch import nn
+
+from spksep_modules import SpkSepError
+from spksep_modules.features.frozen import Frozen
+from spksep_modules.models.conditioned import ConditionedSeparator, WavesplitStack
+from spksep_modules.models.film import FiLM, FiLMGenerator
+
+torch.set_num_threads(1)
+
+
+class TinyBasic(nn.Module):
+    """Stand-in for Conv-TasNet: same forward contract, ``encoder`` and ``decoder``."""
+
+    def __init__(self, N=8, L=4, num_spks=2):
+        super().__init__()
+        self.num_spks = num_spks
+        self.encoder = nn.Conv1d(1, N, L, stride=L // 2, bias=False)
+        self.masker = nn.Conv1d(N, N * num_spks, 1)
+        self.decoder = nn.ConvTranspose1d(N, 1, L, stride=L // 2, bias=False)
+
+    def forward(self, mix):  # [B, T] -> [B, T, C]
+        T = mix.shape[-1]
+        L, S = self.encoder.kernel_size[0], self.encoder.stride[0]
+        pad = (-(T - L)) % S
+        w = torch.relu(self.encoder(nn.functional.pad(mix, (0, pad)).unsqueeze(1)))
+        m = torch.sigmoid(self.masker(w)).view(w.shape[0], self.num_spks, *w.shape[1:])
+        outs = [self.decoder(w * m[:, c]).squeeze(1)[:, :T] for c in range(self.num_spks)]
+        return torch.stack(outs, dim=-1)
+
+
+class TinySpeakerNet(nn.Module):
+    """Conv + mean-pool 'speaker network' that counts its embed calls."""
+
+    embedding_dim = 6
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, self.embedding_dim, 9, stride=4)
+        self.calls = 0
+
+    def embed(self, wav):  # [N, T] -> [N, D]
+        self.calls += 1
+        wav = nn.functional.pad(wav, (0, max(0, 9 - wav.shape[-1])))
+        return torch.tanh(self.conv(wav.unsqueeze(1))).mean(-1)
+
+
+def make(num_spks=2, refine=1, freeze=True, seed=0, **kw):
+    torch.manual_seed(seed)
+    kw.setdefault("stack_channels", 8)
+    kw.setdefault("num_layers", 4)
+    kw.setdefault("layers_per_group", 2)
+    kw.setdefault("film_hidden", 16)
+    return ConditionedSeparator(
+        TinyBasic(num_spks=num_spks), TinySpeakerNet(), num_spks=num_spks,
+        refine_iterations=refine, freeze_basic_model=freeze, **kw,
+    )
+
+
+def perturb_generator(model, std=0.5):
+    # Move the generator off its identity initialisation so conditioning has an effect.
+    with torch.no_grad():
+        model.film_generator.out.weight.normal_(0.0, std)
+
+
+def test_film_identity_and_affine():
+    x = torch.randn(2, 3, 5)
+    film = FiLM()
+    assert torch.equal(film(x, torch.ones(2, 3), torch.zeros(2, 3)), x)
+    scale, shift = torch.randn(2, 3), torch.randn(2, 3)
+    y = film(x, scale, shift)
+    assert torch.allclose(y[1, 2], x[1, 2] * scale[1, 2] + shift[1, 2])
+
+
+def test_generator_starts_at_identity_and_learns():
+    gen = FiLMGenerator(emb_dim=5, num_layers=3, channels=4, hidden=7)
+    scale, shift = gen(torch.randn(2, 5))
+    assert scale.shape == shift.shape == (2, 3, 4)
+    assert torch.equal(scale, torch.ones_like(scale)) and torch.equal(shift, torch.zeros_like(shift))
+    # The zero-initialised output layer still receives a gradient, so training moves it.
+    scale.sum().backward()
+    assert gen.out.weight.grad.abs().sum() > 0
+
+
+def test_stack_dilations_and_shapes():
+    stack = WavesplitStack(in_channels=5, channels=4, out_channels=3)
+    assert len(stack.layers) == 40
+    assert stack.dilations == [2**i for i in range(10)] * 4
+    assert [layer.conv.dilation[0] for layer in stack.layers] == stack.dilations
+    x = torch.randn(2, 5, 37)
+    y = stack(x, torch.ones(2, 40, 4), torch.zeros(2, 40, 4))
+    assert y.shape == (2, 3, 37)
+    with pytest.raises(ValueError):
+        WavesplitStack(5, 4, num_layers=15, layers_per_group=10)
+
+
+def test_causal_stack_ignores_the_future():
+    torch.manual_seed(0)
+    stack = WavesplitStack(3, 4, num_layers=4, layers_per_group=2, causal=True)
+    s, b = torch.rand(1, 4, 4) + 0.5, torch.randn(1, 4, 4)
+    x = torch.randn(1, 3, 20)
+    x2 = x.clone()
+    x2[..., 12:] = torch.randn(1, 3, 8)
+    y, y2 = stack(x, s, b), stack(x2, s, b)
+    assert torch.allclose(y[..., :12], y2[..., :12], atol=1e-6)
+    assert not torch.allclose(y[..., 12:], y2[..., 12:])
+    # The default (non-causal) stack does look ahead.
+    stack_nc = WavesplitStack(3, 4, num_layers=4, layers_per_group=2)
+    assert not torch.allclose(stack_nc(x, s, b)[..., :12], stack_nc(x2, s, b)[..., :12])
+
+
+@pytest.mark.parametrize("num_spks,T", [(2, 101), (3, 64), (2, 3)])
+def test_shapes(num_spks, T):
+    model = make(num_spks=num_spks)
+    est, inter = model(torch.randn(2, T))
+    assert est.shape == inter.shape == (2, T, num_spks)
+    assert torch.isfinite(est).all()
+
+
+def test_conditioning_changes_the_output():
+    model = make().eval()
+    mix = torch.randn(1, 80)
+    enc, _ = model.encode(mix)
+    emb = torch.nn.functional.normalize(torch.randn(1, 2, 6), dim=-1)
+    # At identity init the FiLM layers do nothing: the speakers' outputs are equal.
+    out = model.separate_conditioned(enc, emb, 80)
+    assert torch.allclose(out[..., 0], out[..., 1])
+    perturb_generator(model)
+    out = model.separate_conditioned(enc, emb, 80)
+    assert not torch.allclose(out[..., 0], out[..., 1])
+    other = torch.nn.functional.normalize(torch.randn(1, 2, 6), dim=-1)
+    assert not torch.allclose(model.separate_conditioned(enc, other, 80), out)
+
+
+def test_outputs_follow_the_embeddings_order():
+    # Permutation equivariance: swapping the embeddings swaps the outputs.
+    for interferer_context in (True, False):
+        model = make(num_spks=3, interferer_context=interferer_context).eval()
+        perturb_generator(model)
+        enc, _ = model.encode(torch.randn(1, 60))
+        emb = torch.nn.functional.normalize(torch.randn(1, 3, 6), dim=-1)
+        perm = [2, 0, 1]
+        out = model.separate_conditioned(enc, emb, 60)
+        out_p = model.separate_conditioned(enc, emb[:, perm], 60)
+        assert torch.allclose(out_p, out[..., perm], atol=1e-6)
+
+
+def test_refinement_reembeds_and_changes_output():
+    mix = torch.randn(2, 90)
+    outs, calls = [], []
+    for k in (1, 2):
+        model = make(refine=k)
+        perturb_generator(model)
+        model.eval()
+        outs.append(model(mix).estimates)
+        calls.append(model.speaker_net.net.calls)
+    assert calls == [1, 2]
+    assert not torch.allclose(outs[0], outs[1])
+
+
+def test_gradients_and_freezing():
+    model = make()
+    perturb_generator(model)
+    model.train()
+    assert not model.basic_model.training and not model.speaker_net.net.training
+    enc_before = model.basic_model.encoder.weight.clone()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    est, inter = model(torch.randn(2, 70))
+    assert not inter.requires_grad
+    est.pow(2).mean().backward()
+    assert model.film_generator.out.weight.grad.abs().sum() > 0
+    assert all(layer.conv.weight.grad.abs().sum() > 0 for layer in model.stack.layers)
+    assert model.encoder.weight.grad is not None  # the copied filterbank trains
+    assert all(p.grad is None for p in model.basic_model.parameters())
+    assert all(p.grad is None for p in model.speaker_net.parameters())
+    opt.step()
+    assert torch.equal(model.basic_model.encoder.weight, enc_before)
+    assert not torch.equal(model.encoder.weight, enc_before)
+
+
+def test_unfrozen_basic_model_gets_gradients():
+    model = make(freeze=False, refine=2)
+    perturb_generator(model)
+    model.train()
+    assert model.basic_model.training
+    est, inter = model(torch.randn(2, 70))
+    (est.pow(2).mean() + inter.pow(2).mean()).backward()
+    assert all(p.grad is not None for p in model.basic_model.parameters())
+    assert all(p.grad is None for p in model.speaker_net.parameters())
+
+
+def test_frozen_speaker_net_is_kept_and_checked():
+    net = Frozen(TinySpeakerNet(), net_rate=16000, input_rate=16000)
+    model = ConditionedSeparator(TinyBasic(), net, stack_channels=4, num_layers=2,
+                                 layers_per_group=2, film_hidden=4)
+    assert model.speaker_net is net
+    with pytest.raises(SpkSepError, match="embedding_dim"):
+        ConditionedSeparator(TinyBasic(), nn.Linear(2, 2))
+    with pytest.raises(SpkSepError, match="refine_iterations"):
+        ConditionedSeparator(TinyBasic(), TinySpeakerNet(), refine_iterations=0)

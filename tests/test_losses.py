@@ -1,0 +1,261 @@
+"""uPIT SI-SNR loss (against SpeechBrain) and the perceptual distances and losses (by hand)."""
+
+import pytest
+import torch
+from torch import nn
+
+from spksep_modules.losses.perceptual import (
+    NEG_FLOOR,
+    PerceptualLoss,
+    frame_distance,
+    perceptual_distances,
+    triplet_like_loss,
+    weighted_sum_loss,
+)
+from spksep_modules.losses.pit import PITSISNRLoss, pit_si_snr
+from spksep_modules.metrics import si_snr
+
+# ---------------------------------------------------------------- uPIT SI-SNR
+
+
+@pytest.mark.parametrize("num_spks", [2, 3])
+def test_pit_matches_speechbrain(num_spks):
+    from speechbrain.nnet.losses import PitWrapper, cal_si_snr, get_si_snr_with_pitwrapper
+
+    gen = torch.Generator().manual_seed(num_spks)
+    ref = torch.randn(4, 600, num_spks, generator=gen)
+    est = ref[..., torch.randperm(num_spks, generator=gen)] + 0.8 * torch.randn(4, 600, num_spks, generator=gen)
+    est[1] = torch.randn(600, num_spks, generator=gen)  # one poor example too
+
+    neg, est_aligned, perm = pit_si_snr(est, ref)
+    # SpeechBrain's cal_si_snr scales its input in place: give it copies.
+    expected = get_si_snr_with_pitwrapper(ref.clone(), est.clone())
+    assert torch.allclose(neg, expected, atol=1e-4)
+
+    # SpeechBrain's permutation maps estimate -> reference; ours maps reference -> estimate.
+    _, sb_perms = PitWrapper(cal_si_snr)(ref.clone(), est.clone())
+    for b, p in enumerate(sb_perms):
+        assert perm[b].tolist() == torch.argsort(torch.tensor(p)).tolist()
+    for b in range(4):
+        assert torch.equal(est_aligned[b], est[b][:, perm[b]])
+
+
+def test_pit_recovers_per_example_permutations():
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.randn(3, 800, 3, generator=gen)
+    orders = [[0, 1, 2], [2, 0, 1], [1, 2, 0]]
+    est = torch.stack([ref[b][:, orders[b]] for b in range(3)]) + 0.05 * torch.randn(3, 800, 3, generator=gen)
+    neg, est_aligned, perm = pit_si_snr(est, ref)
+    for b in range(3):
+        # est[:, perm[b, i]] is ref i, i.e. orders[b][perm[b, i]] == i
+        assert [orders[b][j] for j in perm[b].tolist()] == [0, 1, 2]
+    assert torch.allclose(-neg, si_snr(est_aligned.transpose(1, 2), ref.transpose(1, 2)).mean(-1), atol=1e-5)
+    assert (-neg > 20).all()
+
+
+def test_pit_loss_gradient_and_outputs():
+    gen = torch.Generator().manual_seed(1)
+    ref = torch.randn(2, 500, 2, generator=gen)
+    est = (ref.flip(-1) + 0.3 * torch.randn(2, 500, 2, generator=gen)).requires_grad_(True)
+    out = PITSISNRLoss()(est, ref)
+    assert out["loss"].shape == () and out["per_example"].shape == (2,)
+    assert out["loss"].item() == pytest.approx(out["per_example"].mean().item())
+    assert out["si_snr"].item() == pytest.approx(-out["loss"].item())
+    assert not out["si_snr"].requires_grad
+    assert out["perm"].tolist() == [[1, 0], [1, 0]]
+    out["loss"].backward()
+    assert torch.isfinite(est.grad).all() and est.grad.abs().sum() > 0
+    # A gradient step along -grad improves the loss.
+    with torch.no_grad():
+        stepped = PITSISNRLoss()(est - 1e-2 * est.grad / est.grad.norm(), ref)["loss"]
+    assert stepped < out["loss"]
+
+
+def test_pit_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        pit_si_snr(torch.randn(2, 100, 2), torch.randn(2, 100, 3))
+
+
+# ---------------------------------------------------------------- distances
+
+
+def test_frame_distance_by_hand_and_crop():
+    a = torch.zeros(1, 2, 4)
+    b = torch.tensor([[[1.0, 1.0, 1.0, 1.0], [2.0, 0.0, 0.0, 0.0]]])
+    # (4 / 4) + (4 / 4)
+    assert frame_distance(a, b).tolist() == [2.0]
+    longer = torch.cat([b, torch.full((1, 2, 4), 9.0)], dim=1)  # two extra frames ignored
+    assert frame_distance(a, longer).tolist() == [2.0]
+    with pytest.raises(ValueError):
+        frame_distance(a, torch.zeros(1, 5, 4))
+
+
+def _scalar_features(values):
+    """``[batch][spk] -> one 1-d frame each``: tensor ``[B, C, 1, 1]``."""
+    return torch.tensor(values, dtype=torch.float64)[..., None, None]
+
+
+def test_distances_two_speakers_by_hand():
+    ref = _scalar_features([[0.0, 10.0]])
+    est = _scalar_features([[1.0, 7.0]])
+    # d(ref0, est0) = 1, d(ref0, est1) = 49, d(ref1, est0) = 81, d(ref1, est1) = 9
+    pos, neg = perceptual_distances(est, ref)
+    assert pos.tolist() == [[1.0, 9.0]]
+    assert neg.tolist() == [[49.0, 81.0]]
+
+
+def test_distances_three_speakers_by_hand():
+    ref = _scalar_features([[0.0, 10.0, 20.0], [0.0, 0.0, 0.0]])
+    est = _scalar_features([[1.0, 12.0, 17.0], [1.0, 2.0, 3.0]])
+    pos, neg = perceptual_distances(est, ref)
+    # ref0: [1, 144, 289]; ref1: [81, 4, 49]; ref2: [361, 64, 9]
+    assert pos[0].tolist() == [1.0, 4.0, 9.0]
+    assert neg[0].tolist() == [433.0, 130.0, 425.0]
+    # all references equal: the other estimates' distances
+    assert pos[1].tolist() == [1.0, 4.0, 9.0]
+    assert neg[1].tolist() == [13.0, 10.0, 5.0]
+
+
+def test_distances_multi_frame_and_dim():
+    gen = torch.Generator().manual_seed(2)
+    est = torch.randn(2, 3, 5, 4, generator=gen)
+    ref = torch.randn(2, 3, 5, 4, generator=gen)
+    pos, neg = perceptual_distances(est, ref)
+    for b in range(2):
+        for i in range(3):
+            d = [((ref[b, i] - est[b, j]) ** 2).sum().item() / 4 for j in range(3)]
+            assert pos[b, i].item() == pytest.approx(d[i], rel=1e-5)
+            assert neg[b, i].item() == pytest.approx(sum(d) - d[i], rel=1e-5)
+
+
+def test_weighted_sum_by_hand():
+    pos = torch.tensor([[1.0, 9.0]])
+    neg = torch.tensor([[49.0, 81.0]])
+    assert weighted_sum_loss(pos, neg).item() == pytest.approx(100 * 5 + 1e-3 / 65)
+    assert weighted_sum_loss(pos, neg, l1=2.0, l2=13.0).item() == pytest.approx(2 * 5 + 13.0 / 65)
+
+
+def test_weighted_sum_floor_caps_the_repulsion_term():
+    pos = torch.zeros(2, 2)
+    neg = torch.full((2, 2), 1e-7, requires_grad=True)
+    loss = weighted_sum_loss(pos, neg)
+    assert loss.item() == pytest.approx(1e-3 / NEG_FLOOR)
+    loss.backward()
+    assert torch.all(neg.grad == 0)
+    # above the floor the term is l2 / D_neg and pushes D_neg up
+    neg_big = torch.full((2, 2), 0.5, requires_grad=True)
+    weighted_sum_loss(pos, neg_big).backward()
+    assert torch.all(neg_big.grad < 0)
+    assert weighted_sum_loss(pos, torch.full((2, 2), 1e-7), neg_floor=1e-5).item() == pytest.approx(1e-3 / 1e-5)
+
+
+def test_triplet_like_with_and_without_active_margin():
+    pos = torch.tensor([[1.0, 9.0]])
+    assert triplet_like_loss(pos, torch.tensor([[50.0, 100.0]])).item() == 0.0
+    # first pair inside the margin: 1 - 1.001 + 0.0035 = 0.0025; second satisfied
+    neg = torch.tensor([[1.001, 100.0]], dtype=torch.float64)
+    assert triplet_like_loss(pos.double(), neg).item() == pytest.approx(0.0025 / 2)
+    assert triplet_like_loss(pos.double(), neg, alpha=0.5).item() == pytest.approx((0.499) / 2)
+
+
+# ---------------------------------------------------------------- PerceptualLoss
+
+
+class ToyRepresentation(nn.Module):
+    """Frozen strided Conv1d: ``[N, T] -> [N, frames, 4]``; counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, kernel_size=16, stride=8)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+        self.batch_sizes = []
+
+    def forward(self, wav):
+        self.batch_sizes.append(wav.shape[0])
+        return torch.tanh(self.conv(wav.unsqueeze(1))).transpose(1, 2)
+
+
+def _waves(batch, num_spks, seed):
+    gen = torch.Generator().manual_seed(seed)
+    ref = torch.randn(batch, 400, num_spks, generator=gen)
+    est = ref + 0.5 * torch.randn(batch, 400, num_spks, generator=gen)
+    return est, ref
+
+
+@pytest.mark.parametrize("num_spks", [2, 3])
+@pytest.mark.parametrize("kind", PerceptualLoss.KINDS)
+def test_perceptual_loss_kinds(kind, num_spks):
+    torch.manual_seed(0)
+    rep = ToyRepresentation()
+    est, ref = _waves(2, num_spks, seed=3)
+    loss_fn = PerceptualLoss(rep, kind, lb=0.5, lp=3.0, l1=7.0, l2=11.0, alpha=0.2)
+    basic = torch.tensor(-4.0)
+    out = loss_fn(est, ref, basic)
+    # one batched call per side, each on batch * num_spks waveforms
+    assert rep.batch_sizes == [2 * num_spks, 2 * num_spks]
+
+    def feats(w):
+        return torch.stack([rep(w[:, :, i]) for i in range(num_spks)], dim=1)
+
+    pos, neg = perceptual_distances(feats(est), feats(ref))
+    expected = {
+        "weighted_sum": 7.0 * pos.mean() + 11.0 / neg.mean(),
+        "triplet_like": torch.relu(pos - neg + 0.2).mean(),
+        "pos": 7.0 * pos.mean(),
+        "neg": 11.0 / neg.mean(),
+    }[kind]
+    assert out["perceptual"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(0.5 * -4.0 + 3.0 * expected.item(), rel=1e-5)
+    assert out["D_pos"].item() == pytest.approx(pos.mean().item(), rel=1e-5)
+    assert out["D_neg"].item() == pytest.approx(neg.mean().item(), rel=1e-5)
+    assert not out["D_pos"].requires_grad and not out["D_neg"].requires_grad
+
+
+def test_triplet_margin_is_active_in_the_module():
+    rep = ToyRepresentation()
+    est, ref = _waves(1, 2, seed=4)
+    out_small = PerceptualLoss(rep, "triplet_like", alpha=0.0035)(est, ref, torch.tensor(0.0))
+    assert out_small["perceptual"].item() == 0.0  # good estimates: margin satisfied
+    big = float(out_small["D_neg"] - out_small["D_pos"]) * 10
+    assert PerceptualLoss(rep, "triplet_like", alpha=big)(est, ref, torch.tensor(0.0))["perceptual"] > 0
+
+
+@pytest.mark.parametrize("num_spks", [2, 3])
+def test_pit_then_perceptual_is_permutation_invariant(num_spks):
+    torch.manual_seed(1)
+    rep = ToyRepresentation()
+    est, ref = _waves(2, num_spks, seed=5)
+    loss_fn = PerceptualLoss(rep, "weighted_sum")
+    order = list(range(1, num_spks)) + [0]
+
+    def run(estimates):
+        basic, aligned, _ = pit_si_snr(estimates, ref)
+        return loss_fn(aligned, ref, basic.mean())
+
+    plain, permuted = run(est), run(est[..., order])
+    for key in ("loss", "perceptual", "D_pos", "D_neg"):
+        assert permuted[key].item() == pytest.approx(plain[key].item(), rel=1e-6)
+    # without alignment the distances would differ
+    unaligned = loss_fn(est[..., order], ref, torch.tensor(0.0))
+    assert unaligned["D_pos"] > plain["D_pos"]
+
+
+def test_gradient_reaches_estimate_not_frozen_weights_nor_reference():
+    rep = ToyRepresentation()
+    est, ref = _waves(2, 2, seed=6)
+    est.requires_grad_(True)
+    ref.requires_grad_(True)
+    out = PerceptualLoss(rep, "weighted_sum")(est, ref, torch.tensor(0.0))
+    out["loss"].backward()
+    assert torch.isfinite(est.grad).all() and est.grad.abs().sum() > 0
+    assert ref.grad is None
+    assert all(p.grad is None for p in rep.parameters())
+
+
+def test_rejects_trainable_representation_and_unknown_kind():
+    with pytest.raises(ValueError, match="trainable"):
+        PerceptualLoss(nn.Conv1d(1, 4, 3), "weighted_sum")
+    with pytest.raises(ValueError, match="kind"):
+        PerceptualLoss(ToyRepresentation(), "weighted")
