@@ -74,7 +74,9 @@ def _next_pow2(n: int) -> int:
     return 1 << (int(n) - 1).bit_length()
 
 
-def sdr(est: torch.Tensor, ref: torch.Tensor, filter_length: int = BSS_FILTER_LENGTH) -> torch.Tensor:
+def sdr(
+    est: torch.Tensor, ref: torch.Tensor, filter_length: int = BSS_FILTER_LENGTH
+) -> torch.Tensor:
     """BSS-eval v3 SDR of each estimate against the reference in the same position.
 
     Matches ``mir_eval.separation.bss_eval_sources(ref, est, compute_permutation=False)``
@@ -100,7 +102,8 @@ def sdr(est: torch.Tensor, ref: torch.Tensor, filter_length: int = BSS_FILTER_LE
     ref = torch.as_tensor(ref).detach().cpu().to(torch.float64)
     if est.shape != ref.shape or est.dim() != 2:
         raise ValueError(
-            f"sdr expects est and ref as [num_spks, time], got {tuple(est.shape)} and {tuple(ref.shape)}"
+            "sdr expects est and ref as [num_spks, time], got "
+            f"{tuple(est.shape)} and {tuple(ref.shape)}"
         )
     num_samples = ref.shape[-1]
     padded_len = num_samples + filter_length - 1

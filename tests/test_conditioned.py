@@ -6,30 +6,16 @@ from torch import nn
 
 from spksep_modules import SpkSepError
 from spksep_modules.features.frozen import Frozen
-from spksep_modules.models.conditioned import ConditionedSeparator, WavesplitStack
+from spksep_modules.models.conditioned import ConditionedLayer, ConditionedSeparator, WavesplitStack
+from spksep_modules.models.conv_tasnet import ConvTasNet
 from spksep_modules.models.film import FiLM, FiLMGenerator
 
 torch.set_num_threads(1)
 
 
-class TinyBasic(nn.Module):
-    """Stand-in for Conv-TasNet: same forward contract, ``encoder`` and ``decoder``."""
-
-    def __init__(self, N=8, L=4, num_spks=2):
-        super().__init__()
-        self.num_spks = num_spks
-        self.encoder = nn.Conv1d(1, N, L, stride=L // 2, bias=False)
-        self.masker = nn.Conv1d(N, N * num_spks, 1)
-        self.decoder = nn.ConvTranspose1d(N, 1, L, stride=L // 2, bias=False)
-
-    def forward(self, mix):  # [B, T] -> [B, T, C]
-        T = mix.shape[-1]
-        L, S = self.encoder.kernel_size[0], self.encoder.stride[0]
-        pad = (-(T - L)) % S
-        w = torch.relu(self.encoder(nn.functional.pad(mix, (0, pad)).unsqueeze(1)))
-        m = torch.sigmoid(self.masker(w)).view(w.shape[0], self.num_spks, *w.shape[1:])
-        outs = [self.decoder(w * m[:, c]).squeeze(1)[:, :T] for c in range(self.num_spks)]
-        return torch.stack(outs, dim=-1)
+def tiny_basic(num_spks=2):
+    """A real Conv-TasNet at toy size (encoder N=8, L=4)."""
+    return ConvTasNet(N=8, L=4, B=4, H=8, P=3, X=2, R=1, num_spks=num_spks)
 
 
 class TinySpeakerNet(nn.Module):
@@ -55,7 +41,7 @@ def make(num_spks=2, refine=1, freeze=True, seed=0, **kw):
     kw.setdefault("layers_per_group", 2)
     kw.setdefault("film_hidden", 16)
     return ConditionedSeparator(
-        TinyBasic(num_spks=num_spks), TinySpeakerNet(), num_spks=num_spks,
+        tiny_basic(num_spks), TinySpeakerNet(), num_spks=num_spks,
         refine_iterations=refine, freeze_basic_model=freeze, **kw,
     )
 
@@ -95,6 +81,16 @@ def test_stack_dilations_and_shapes():
     assert y.shape == (2, 3, 37)
     with pytest.raises(ValueError):
         WavesplitStack(5, 4, num_layers=15, layers_per_group=10)
+
+
+def test_layer_is_conv_gln_film_prelu_residual():
+    # The non-causal layer folds its global norm into FiLM: check against the plain chain.
+    torch.manual_seed(0)
+    layer = ConditionedLayer(channels=4, kernel_size=3, dilation=2, causal=False)
+    x, scale, shift = torch.randn(2, 4, 15), torch.randn(2, 4), torch.randn(2, 4)
+    y = nn.functional.group_norm(layer.conv(x), 1, eps=1e-8)
+    ref = x + layer.act(y * scale[..., None] + shift[..., None])
+    assert torch.allclose(layer(x, scale, shift), ref, atol=1e-5)
 
 
 def test_causal_stack_ignores_the_future():
@@ -167,6 +163,7 @@ def test_gradients_and_freezing():
     model.train()
     assert not model.basic_model.training and not model.speaker_net.net.training
     enc_before = model.basic_model.encoder.weight.clone()
+    basic_before = {k: v.clone() for k, v in model.basic_model.state_dict().items()}
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     est, inter = model(torch.randn(2, 70))
     assert not inter.requires_grad
@@ -178,6 +175,7 @@ def test_gradients_and_freezing():
     assert all(p.grad is None for p in model.speaker_net.parameters())
     opt.step()
     assert torch.equal(model.basic_model.encoder.weight, enc_before)
+    assert all(torch.equal(v, basic_before[k]) for k, v in model.basic_model.state_dict().items())
     assert not torch.equal(model.encoder.weight, enc_before)
 
 
@@ -194,10 +192,10 @@ def test_unfrozen_basic_model_gets_gradients():
 
 def test_frozen_speaker_net_is_kept_and_checked():
     net = Frozen(TinySpeakerNet(), net_rate=16000, input_rate=16000)
-    model = ConditionedSeparator(TinyBasic(), net, stack_channels=4, num_layers=2,
+    model = ConditionedSeparator(tiny_basic(), net, stack_channels=4, num_layers=2,
                                  layers_per_group=2, film_hidden=4)
     assert model.speaker_net is net
     with pytest.raises(SpkSepError, match="embedding_dim"):
-        ConditionedSeparator(TinyBasic(), nn.Linear(2, 2))
+        ConditionedSeparator(tiny_basic(), nn.Linear(2, 2))
     with pytest.raises(SpkSepError, match="refine_iterations"):
-        ConditionedSeparator(TinyBasic(), TinySpeakerNet(), refine_iterations=0)
+        ConditionedSeparator(tiny_basic(), TinySpeakerNet(), refine_iterations=0)

@@ -24,7 +24,8 @@ def test_pit_matches_speechbrain(num_spks):
 
     gen = torch.Generator().manual_seed(num_spks)
     ref = torch.randn(4, 600, num_spks, generator=gen)
-    est = ref[..., torch.randperm(num_spks, generator=gen)] + 0.8 * torch.randn(4, 600, num_spks, generator=gen)
+    noise = torch.randn(4, 600, num_spks, generator=gen)
+    est = ref[..., torch.randperm(num_spks, generator=gen)] + 0.8 * noise
     est[1] = torch.randn(600, num_spks, generator=gen)  # one poor example too
 
     neg, est_aligned, perm = pit_si_snr(est, ref)
@@ -44,12 +45,14 @@ def test_pit_recovers_per_example_permutations():
     gen = torch.Generator().manual_seed(0)
     ref = torch.randn(3, 800, 3, generator=gen)
     orders = [[0, 1, 2], [2, 0, 1], [1, 2, 0]]
-    est = torch.stack([ref[b][:, orders[b]] for b in range(3)]) + 0.05 * torch.randn(3, 800, 3, generator=gen)
+    est = torch.stack([ref[b][:, orders[b]] for b in range(3)])
+    est = est + 0.05 * torch.randn(3, 800, 3, generator=gen)
     neg, est_aligned, perm = pit_si_snr(est, ref)
     for b in range(3):
         # est[:, perm[b, i]] is ref i, i.e. orders[b][perm[b, i]] == i
         assert [orders[b][j] for j in perm[b].tolist()] == [0, 1, 2]
-    assert torch.allclose(-neg, si_snr(est_aligned.transpose(1, 2), ref.transpose(1, 2)).mean(-1), atol=1e-5)
+    aligned_si_snr = si_snr(est_aligned.transpose(1, 2), ref.transpose(1, 2)).mean(-1)
+    assert torch.allclose(-neg, aligned_si_snr, atol=1e-5)
     assert (-neg > 20).all()
 
 
@@ -146,7 +149,8 @@ def test_weighted_sum_floor_caps_the_repulsion_term():
     neg_big = torch.full((2, 2), 0.5, requires_grad=True)
     weighted_sum_loss(pos, neg_big).backward()
     assert torch.all(neg_big.grad < 0)
-    assert weighted_sum_loss(pos, torch.full((2, 2), 1e-7), neg_floor=1e-5).item() == pytest.approx(1e-3 / 1e-5)
+    lower_floor = weighted_sum_loss(pos, torch.full((2, 2), 1e-7), neg_floor=1e-5)
+    assert lower_floor.item() == pytest.approx(1e-3 / 1e-5)
 
 
 def test_triplet_like_with_and_without_active_margin():
@@ -219,7 +223,8 @@ def test_triplet_margin_is_active_in_the_module():
     out_small = PerceptualLoss(rep, "triplet_like", alpha=0.0035)(est, ref, torch.tensor(0.0))
     assert out_small["perceptual"].item() == 0.0  # good estimates: margin satisfied
     big = float(out_small["D_neg"] - out_small["D_pos"]) * 10
-    assert PerceptualLoss(rep, "triplet_like", alpha=big)(est, ref, torch.tensor(0.0))["perceptual"] > 0
+    out_big = PerceptualLoss(rep, "triplet_like", alpha=big)(est, ref, torch.tensor(0.0))
+    assert out_big["perceptual"] > 0
 
 
 @pytest.mark.parametrize("num_spks", [2, 3])

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from spksep_modules.metrics import best_permutation, evaluate_mixture, pairwise_si_snr, sdr, si_snr, stoi
+from spksep_modules.metrics import (
+    best_permutation,
+    evaluate_mixture,
+    pairwise_si_snr,
+    sdr,
+    si_snr,
+    stoi,
+)
 
 SR = 16000
 
@@ -100,7 +107,9 @@ def test_sdr_matches_fast_bss_eval_on_float32_input():
     ref, est = _mixture_estimates(2, 20000, seed=7)
     ref32, est32 = torch.from_numpy(ref).float(), torch.from_numpy(est).float()
     # fast_bss_eval's torch backend (its numpy one fails with numpy 2).
-    expected = fast_bss_eval.bss_eval_sources(ref32.double(), est32.double(), compute_permutation=False)[0]
+    expected = fast_bss_eval.bss_eval_sources(
+        ref32.double(), est32.double(), compute_permutation=False
+    )[0]
     np.testing.assert_allclose(sdr(est32, ref32).numpy(), expected.numpy(), atol=1e-2)
 
 
@@ -109,7 +118,9 @@ def test_sdr_forgives_short_filters_but_si_snr_does_not():
     ref = torch.randn(2, 4000, generator=gen, dtype=torch.float64)
     ref[:, -8:] = 0.0  # so cropping the filtered signal to 4000 samples loses nothing
     taps = torch.tensor([1.0, -0.7, 0.4, 0.2], dtype=torch.float64)
-    filtered = torch.stack([torch.from_numpy(np.convolve(r.numpy(), taps.numpy())[:4000]) for r in ref])
+    filtered = torch.stack(
+        [torch.from_numpy(np.convolve(r.numpy(), taps.numpy())[:4000]) for r in ref]
+    )
     assert (sdr(filtered, ref) > 100).all()
     assert (si_snr(filtered, ref) < 5).all()
 

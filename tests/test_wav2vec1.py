@@ -104,6 +104,20 @@ def test_args_checkpoint_loads_with_safe_unpickling(args_ckpt, caplog):
         assert torch.equal(value, sd[key]), key
 
 
+class TrainerState:
+    """Stands for any training-state object fairseq may have pickled into a checkpoint."""
+
+
+def test_other_pickled_objects_fall_back_to_full_unpickle(tmp_path, caplog):
+    path = tmp_path / "trusted.pt"
+    torch.save({"args": fairseq_args(), "model": fairseq_state_dict(FEAT, AGG, STEPS),
+                "extra_state": {"trainer": TrainerState()}}, path)
+    with caplog.at_level(logging.WARNING):
+        model = load_wav2vec1(path)
+    assert "weights_only=False" in caplog.text
+    assert model.dim == 48
+
+
 @pytest.mark.parametrize("output", ["z", "c"])
 def test_frame_rate_is_100_per_second(args_ckpt, output):
     model = load_wav2vec1(args_ckpt, output=output)
@@ -232,8 +246,8 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path, case):
         del sd["feature_aggregator.conv_layers.2.3.bias"]
         torch.save({"args": fairseq_args(), "model": sd}, path)
     elif case == "shape":
-        torch.save({"args": fairseq_args(conv_aggregator_layers="[(32, 2, 1), (48, 2, 1), (48, 4, 1)]"),
-                    "model": sd}, path)
+        wrong_kernel = "[(32, 2, 1), (48, 2, 1), (48, 4, 1)]"  # layer 1 has kernel 3
+        torch.save({"args": fairseq_args(conv_aggregator_layers=wrong_kernel), "model": sd}, path)
     elif case == "wav2vec2":
         torch.save({"args": fairseq_args(arch="wav2vec2"), "model": sd}, path)
     elif case == "gru":

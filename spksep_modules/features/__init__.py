@@ -43,7 +43,7 @@ def build_representation(name: str, ckpt=None, sample_rate: int = 16000, output:
         _need_ckpt("representation", name, ckpt)
         return Frozen(load_wav2vec1(ckpt, output=output), 16000, sample_rate)
     if name in ("wav2vec2", "hubert", "wavlm"):
-        from spksep_modules.features.ssl import load_ssl
+        from spksep_modules.features.ssl_models import load_ssl
 
         _need_ckpt("representation", name, ckpt)
         return Frozen(load_ssl(name, ckpt, layer=layer), 16000, sample_rate)

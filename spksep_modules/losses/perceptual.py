@@ -46,7 +46,10 @@ def frame_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     frames_a, frames_b = a.shape[-2], b.shape[-2]
     if abs(frames_a - frames_b) > MAX_FRAME_MISMATCH:
-        raise ValueError(f"frame_distance: frame counts {frames_a} and {frames_b} differ by more than {MAX_FRAME_MISMATCH}")
+        raise ValueError(
+            f"frame_distance: frame counts {frames_a} and {frames_b} differ by more than "
+            f"{MAX_FRAME_MISMATCH}"
+        )
     frames = min(frames_a, frames_b)
     diff = a[..., :frames, :] - b[..., :frames, :]
     # mean over the feature dimension = the paper's 1/|phi_m| normalisation
@@ -77,7 +80,9 @@ def perceptual_distances(feat_est: torch.Tensor, feat_ref: torch.Tensor):
     return dist_pos, dist_neg
 
 
-def weighted_sum_loss(dist_pos, dist_neg, l1: float = 100.0, l2: float = 1e-3, neg_floor: float = NEG_FLOOR):
+def weighted_sum_loss(
+    dist_pos, dist_neg, l1: float = 100.0, l2: float = 1e-3, neg_floor: float = NEG_FLOOR
+):
     """``l1 * D_pos + l2 / max(D_neg, neg_floor)`` (eq. 6); ``dist_*`` are ``[batch, num_spks]``."""
     return l1 * dist_pos.mean() + l2 / dist_neg.mean().clamp(min=neg_floor)
 
@@ -131,7 +136,8 @@ class PerceptualLoss(nn.Module):
         if trainable:
             # Otherwise the optimiser would update the representation through this loss.
             raise ValueError(
-                f"PerceptualLoss: the representation has trainable parameters ({trainable[0]}, ...); "
+                "PerceptualLoss: the representation has trainable parameters "
+                f"({trainable[0]}, ...); "
                 "freeze it first (spksep_modules.features.frozen.Frozen)"
             )
         self.representation = representation
@@ -146,10 +152,15 @@ class PerceptualLoss(nn.Module):
         batch, time, num_spks = wav.shape
         feats = self.representation(wav.transpose(1, 2).reshape(batch * num_spks, time))
         if feats.dim() != 3:
-            raise ValueError(f"PerceptualLoss: representation must return [N, frames, dim], got {tuple(feats.shape)}")
+            raise ValueError(
+                "PerceptualLoss: representation must return [N, frames, dim], got "
+                f"{tuple(feats.shape)}"
+            )
         return feats.reshape(batch, num_spks, *feats.shape[1:])
 
-    def forward(self, est_aligned: torch.Tensor, ref: torch.Tensor, basic_loss: torch.Tensor) -> dict:
+    def forward(
+        self, est_aligned: torch.Tensor, ref: torch.Tensor, basic_loss: torch.Tensor
+    ) -> dict:
         """
         Arguments
         ---------

@@ -48,7 +48,7 @@ from spksep_modules.models.film import FiLM, FiLMGenerator
 class ChannelNorm(nn.Module):
     """Normalises each frame over its channels (no learned affine): ``[B, Ch, T]``.
 
-    Used in the causal stack, where a norm must not look at future frames.
+    The causal stack's norm: it must not look at future frames.
     """
 
     def __init__(self, eps: float = 1e-8):
@@ -56,15 +56,14 @@ class ChannelNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=1, keepdim=True)
-        var = x.var(dim=1, keepdim=True, unbiased=False)
-        return (x - mean) / torch.sqrt(var + self.eps)
+        var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps)
 
 
 def _norm(channels: int, causal: bool) -> nn.Module:
-    # Global layer norm (over channels and time, Conv-TasNet's choice) when the whole
-    # signal is visible; per-frame channel norm when the stack must stay causal. No
-    # learned affine: the FiLM layer right after it is the (conditional) affine.
+    # Global layer norm (over channels and frames, Conv-TasNet's choice) when the whole
+    # signal is visible; per-frame channel norm when the model must stay causal. No
+    # learned affine: a (conditional or 1x1-conv) affine map always follows.
     if causal:
         return ChannelNorm()
     return nn.GroupNorm(1, channels, eps=1e-8, affine=False)
@@ -73,13 +72,16 @@ def _norm(channels: int, causal: bool) -> nn.Module:
 class ConditionedLayer(nn.Module):
     """One layer of the stack: dilated conv -> norm -> FiLM -> PReLU, plus a residual.
 
-    ``x [B, Ch, T]``, ``scale, shift [B, Ch]`` -> ``[B, Ch, T]``.
+    The norm has no affine of its own: FiLM is its (speaker-conditional) affine, as in
+    conditional batch/layer norm. ``x [B, Ch, T]``, ``scale, shift [B, Ch]`` ->
+    ``[B, Ch, T]``.
     """
 
-    def __init__(self, channels: int, kernel_size: int, dilation: int, causal: bool):
+    def __init__(self, channels: int, kernel_size: int, dilation: int, causal: bool,
+                 eps: float = 1e-8):
         super().__init__()
-        self.dilation = dilation
         self.causal = causal
+        self.eps = eps
         span = dilation * (kernel_size - 1)
         # 'same' length: all the padding on the left when causal, split otherwise. An even
         # split is left to the convolution itself, which saves a copy of the input.
@@ -88,14 +90,21 @@ class ConditionedLayer(nn.Module):
         if self.pad[0] == self.pad[1]:
             inner, self.pad = self.pad[0], None
         self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation, padding=inner)
-        self.norm = _norm(channels, causal)
+        self.frame_norm = ChannelNorm(eps) if causal else None
         self.film = FiLM()
         self.act = nn.PReLU()
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         y = self.conv(x if self.pad is None else F.pad(x, self.pad))
-        y = self.act(self.film(self.norm(y), scale, shift))
-        return x + y
+        if self.causal:
+            y = self.film(self.frame_norm(y), scale, shift)
+        else:
+            # Global layer norm folded into the FiLM parameters, so the full-size tensor
+            # is touched once: (y - m) * r * scale + shift = y * (r * scale) + (shift - m * r * scale).
+            var, mean = torch.var_mean(y, dim=(1, 2), correction=0, keepdim=True)  # [B, 1, 1]
+            r = torch.rsqrt(var[:, :, 0] + self.eps)  # [B, 1]
+            y = self.film(y, scale * r, shift - mean[:, :, 0] * r * scale)
+        return x + self.act(y)
 
 
 class WavesplitStack(nn.Module):

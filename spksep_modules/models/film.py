@@ -19,7 +19,8 @@ class FiLM(nn.Module):
     """
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        return x * scale.unsqueeze(-1) + shift.unsqueeze(-1)
+        # One fused multiply-add over the full-size tensor.
+        return torch.addcmul(shift.unsqueeze(-1), x, scale.unsqueeze(-1))
 
 
 class FiLMGenerator(nn.Module):
