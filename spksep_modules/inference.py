@@ -44,7 +44,7 @@ def load_run(run_dir: str, device: str = "cpu"):
     hparams = load_hyperpyyaml(text, overrides=unused)
     separator = hparams["separator"]
     checkpointer = Checkpointer(os.path.join(run_dir, "save"), {"separator": separator})
-    if checkpointer.recover_if_possible(min_key="loss", device=device) is None:
+    if checkpointer.recover_if_possible(min_key="loss") is None:
         raise SpkSepError(f"{run_dir}: no checkpoint in save/ (the run has not finished an epoch)")
     return separator.to(device).eval(), int(hparams["sample_rate"])
 

@@ -45,7 +45,7 @@ def markdown_table(title: str, rows: dict, summaries: list) -> str:
     lines = [
         f"### {title}",
         "",
-        "| Model | SI-SNR paper | SI-SNR ours | SI-SNRi ours | SDRi ours | STOI paper | STOI ours | runs |",
+        "| Model | SI-SNR paper | SI-SNR ours | SI-SNRi ours | SDRi ours | STOI paper | STOI ours | test mixtures |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for key, (label, paper_si_snr, paper_stoi) in rows.items():
@@ -67,6 +67,6 @@ def tables(run_dirs) -> str:
         out.append(markdown_table("Table II: ablation on P weighted-sum", TABLE_II, summaries))
     out.append(
         "\nPaper's SI-SNR column: the paper does not say whether it is the output SI-SNR or the "
-        "improvement, so both of ours are shown. 'runs' is the number of test mixtures."
+        "improvement, so both of ours are shown."
     )
     return "\n\n".join(out)

@@ -79,6 +79,13 @@ def test_stack_dilations_and_shapes():
     x = torch.randn(2, 5, 37)
     y = stack(x, torch.ones(2, 40, 4), torch.zeros(2, 40, 4))
     assert y.shape == (2, 3, 37)
+    # An input shared by S=3 conditions gives what three copies of it would.
+    s, b = torch.rand(6, 40, 4) + 0.5, torch.randn(6, 40, 4)
+    shared = stack(x, s, b)
+    assert shared.shape == (6, 3, 37)
+    assert torch.allclose(shared, stack(x.repeat_interleave(3, dim=0), s, b), atol=1e-5)
+    with pytest.raises(ValueError):
+        stack(x, s[:5], b[:5])
     with pytest.raises(ValueError):
         WavesplitStack(5, 4, num_layers=15, layers_per_group=10)
 
@@ -119,7 +126,7 @@ def test_shapes(num_spks, T):
 def test_conditioning_changes_the_output():
     model = make().eval()
     mix = torch.randn(1, 80)
-    enc, _ = model.encode(mix)
+    enc = model.encode(mix)
     emb = torch.nn.functional.normalize(torch.randn(1, 2, 6), dim=-1)
     # At identity init the FiLM layers do nothing: the speakers' outputs are equal.
     out = model.separate_conditioned(enc, emb, 80)
@@ -136,7 +143,7 @@ def test_outputs_follow_the_embeddings_order():
     for interferer_context in (True, False):
         model = make(num_spks=3, interferer_context=interferer_context).eval()
         perturb_generator(model)
-        enc, _ = model.encode(torch.randn(1, 60))
+        enc = model.encode(torch.randn(1, 60))
         emb = torch.nn.functional.normalize(torch.randn(1, 3, 6), dim=-1)
         perm = [2, 0, 1]
         out = model.separate_conditioned(enc, emb, 60)
@@ -199,3 +206,23 @@ def test_frozen_speaker_net_is_kept_and_checked():
         ConditionedSeparator(tiny_basic(), nn.Linear(2, 2))
     with pytest.raises(SpkSepError, match="refine_iterations"):
         ConditionedSeparator(tiny_basic(), TinySpeakerNet(), refine_iterations=0)
+
+
+def test_separation_filterbank_starts_as_the_basic_models():
+    model = make()
+    mix = torch.randn(2, 45)
+    assert torch.equal(model.encode(mix), model.basic_model.encode(mix))
+    assert model.encoder.weight is not model.basic_model.encoder.weight
+    rep = torch.rand(2, 8, model.encode(mix).shape[-1])
+    assert torch.allclose(model.decode(rep, 45), model.basic_model.decode(rep[:, None], 45)[..., 0])
+
+
+def test_input_checks():
+    model = make(num_spks=2)
+    assert model(torch.randn(50)).estimates.shape == (1, 50, 2)
+    with pytest.raises(SpkSepError, match="input"):
+        model(torch.randn(1, 1, 50))
+    wrong = ConditionedSeparator(tiny_basic(3), TinySpeakerNet(), num_spks=2, stack_channels=4,
+                                 num_layers=2, layers_per_group=2, film_hidden=4)
+    with pytest.raises(SpkSepError, match="num_spks"):
+        wrong(torch.randn(1, 50))

@@ -73,15 +73,12 @@ class ConditionedLayer(nn.Module):
     """One layer of the stack: dilated conv -> norm -> FiLM -> PReLU, plus a residual.
 
     The norm has no affine of its own: FiLM is its (speaker-conditional) affine, as in
-    conditional batch/layer norm. ``x [B, Ch, T]``, ``scale, shift [B, Ch]`` ->
-    ``[B, Ch, T]``.
+    conditional batch/layer norm; it keeps the 40-layer residual stack's activations at
+    a steady scale. ``x [B, Ch, T]``, ``scale, shift [B, Ch]`` -> ``[B, Ch, T]``.
     """
 
-    def __init__(self, channels: int, kernel_size: int, dilation: int, causal: bool,
-                 eps: float = 1e-8):
+    def __init__(self, channels: int, kernel_size: int, dilation: int, causal: bool):
         super().__init__()
-        self.causal = causal
-        self.eps = eps
         span = dilation * (kernel_size - 1)
         # 'same' length: all the padding on the left when causal, split otherwise. An even
         # split is left to the convolution itself, which saves a copy of the input.
@@ -90,21 +87,13 @@ class ConditionedLayer(nn.Module):
         if self.pad[0] == self.pad[1]:
             inner, self.pad = self.pad[0], None
         self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation, padding=inner)
-        self.frame_norm = ChannelNorm(eps) if causal else None
+        self.norm = _norm(channels, causal)
         self.film = FiLM()
         self.act = nn.PReLU()
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         y = self.conv(x if self.pad is None else F.pad(x, self.pad))
-        if self.causal:
-            y = self.film(self.frame_norm(y), scale, shift)
-        else:
-            # Global layer norm folded into the FiLM parameters, so the full-size tensor
-            # is touched once: (y - m) * r * scale + shift = y * (r * scale) + (shift - m * r * scale).
-            var, mean = torch.var_mean(y, dim=(1, 2), correction=0, keepdim=True)  # [B, 1, 1]
-            r = torch.rsqrt(var[:, :, 0] + self.eps)  # [B, 1]
-            y = self.film(y, scale * r, shift - mean[:, :, 0] * r * scale)
-        return x + self.act(y)
+        return x + self.act(self.film(self.norm(y), scale, shift))
 
 
 class WavesplitStack(nn.Module):
@@ -131,8 +120,10 @@ class WavesplitStack(nn.Module):
     causal : bool
         See above.
 
-    ``forward(x [B, in_channels, T], scale [B, num_layers, channels],
-    shift [B, num_layers, channels]) -> [B, out_channels, T]``.
+    ``forward(x [B, in_channels, T], scale [B*S, num_layers, channels],
+    shift [B*S, num_layers, channels]) -> [B*S, out_channels, T]``: each input may be
+    shared by S consecutive conditions (S = 1: one condition per input); the input
+    projection then runs once per input instead of once per condition.
     """
 
     def __init__(
@@ -160,7 +151,11 @@ class WavesplitStack(nn.Module):
         self.out = nn.Conv1d(channels, out_channels or in_channels, 1)
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        h = self.inp(x)
+        if scale.shape[0] % x.shape[0]:
+            raise ValueError(
+                f"{scale.shape[0]} conditions cannot be shared by {x.shape[0]} inputs"
+            )
+        h = self.inp(x).repeat_interleave(scale.shape[0] // x.shape[0], dim=0)
         for i, layer in enumerate(self.layers):
             h = layer(h, scale[:, i], shift[:, i])
         return self.out(h)
@@ -190,7 +185,8 @@ class ConditionedSeparator(nn.Module):
     speaker_net : nn.Module
         ``embed(wav [N, T]) -> [N, D]`` with an ``embedding_dim`` attribute (or a
         :class:`Frozen` around such a network). A bare network is wrapped in ``Frozen``
-        and assumed to take the mixture's sample rate; wrap it yourself to resample.
+        without resampling: the mixture must then be at the network's rate; pass a
+        ``Frozen(net, net_rate, input_rate)`` to resample.
         Always frozen: eval mode, no parameter gradients (gradients do flow through it to
         its input when that input needs them, e.g. in the refinement passes).
     num_spks : int
@@ -248,7 +244,8 @@ class ConditionedSeparator(nn.Module):
             self.basic_model.eval()
 
         if not isinstance(speaker_net, Frozen):
-            speaker_net = Frozen(speaker_net, net_rate=1, input_rate=1)
+            rate = getattr(speaker_net, "sample_rate", 16000)
+            speaker_net = Frozen(speaker_net, net_rate=rate, input_rate=rate)
         self.speaker_net = speaker_net
         emb_dim = getattr(speaker_net.net, "embedding_dim", None)
         if emb_dim is None:
@@ -312,8 +309,8 @@ class ConditionedSeparator(nn.Module):
             others = (emb.sum(dim=1, keepdim=True) - emb) / (C - 1)
         return torch.cat([emb, others], dim=-1)
 
-    def encode(self, mix: torch.Tensor):
-        """``mix [B, T]`` -> ``(encoding [B, N, F], padded length)``.
+    def encode(self, mix: torch.Tensor) -> torch.Tensor:
+        """``mix [B, T]`` -> encoding ``[B, N, F]`` by the separation module's encoder.
 
         The mixture is zero-padded at the end so that the frames tile it exactly and the
         decoder can give back every sample.
@@ -322,7 +319,7 @@ class ConditionedSeparator(nn.Module):
         frames = max(1, -(-(T - self.kernel) // self.stride) + 1)
         padded = (frames - 1) * self.stride + self.kernel
         x = F.pad(mix, (0, padded - T)).unsqueeze(1)
-        return F.relu(self.encoder(x)), padded
+        return F.relu(self.encoder(x))
 
     def decode(self, rep: torch.Tensor, length: int) -> torch.Tensor:
         """``rep [B', N, F]`` -> waveforms ``[B', length]``."""
@@ -337,26 +334,32 @@ class ConditionedSeparator(nn.Module):
         B, C, _ = emb.shape
         cond = self.conditions(emb).reshape(B * C, -1)
         scale, shift = self.film_generator(cond)  # [B*C, L, Ch] each
-        # Every speaker's pass sees the same mixture encoding, only the condition differs.
-        x = self.enc_norm(enc).repeat_interleave(C, dim=0)  # [B*C, N, F]
-        mask = self.stack(x, scale, shift)
+        # Every speaker's pass sees the same mixture encoding, only the condition differs:
+        # the stack shares each input among its C conditions.
+        mask = self.stack(self.enc_norm(enc), scale, shift)  # [B*C, N, F]
         mask = torch.relu(mask) if self.mask_activation == "relu" else torch.sigmoid(mask)
-        masked = mask * enc.repeat_interleave(C, dim=0)
-        wav = self.decode(masked, length)  # [B*C, length]
+        masked = mask.view(B, C, *enc.shape[1:]) * enc.unsqueeze(1)  # [B, C, N, F]
+        wav = self.decode(masked.flatten(0, 1), length)  # [B*C, length]
         return wav.reshape(B, C, length).transpose(1, 2)
 
     # ---------------------------------------------------------------- forward
     def forward(self, mix: torch.Tensor) -> SeparatorOutput:
-        """``mix [B, T]`` -> ``SeparatorOutput(estimates [B, T, C], intermediate [B, T, C])``."""
+        """``mix [B, T]`` (or ``[T]``) -> ``SeparatorOutput(estimates [B, T, C],
+        intermediate [B, T, C])``."""
+        if mix.dim() == 1:
+            mix = mix.unsqueeze(0)
         if mix.dim() != 2:
-            raise ValueError(f"expected a mixture [batch, time], got shape {tuple(mix.shape)}")
+            raise SpkSepError(
+                f"ConditionedSeparator input: expected [batch, time] or [time], got shape "
+                f"{tuple(mix.shape)}"
+            )
         T = mix.shape[-1]
         intermediate = self.separate_basic(mix)
         if intermediate.shape[-1] != self.num_spks:
-            raise ValueError(
-                f"basic model gave {intermediate.shape[-1]} sources, expected num_spks={self.num_spks}"
+            raise SpkSepError(
+                f"basic_model: gives {intermediate.shape[-1]} sources, but num_spks is {self.num_spks}"
             )
-        enc, _ = self.encode(mix)
+        enc = self.encode(mix)
         estimates = intermediate
         for _ in range(self.refine_iterations):
             emb = self.embed(estimates)

@@ -28,9 +28,9 @@ def main(argv):
     with open(hparams_file, encoding="utf-8") as fin:
         try:
             hparams = load_hyperpyyaml(fin, overrides)
-        except ValueError as err:
+        except (KeyError, ValueError) as err:
             message = " ".join(map(str, err.args))
-            if "overrides" not in message and "PLACEHOLDER" not in message:
+            if not any(w in message for w in ("Override", "overrides", "PLACEHOLDER")):
                 raise
             # an override naming no key of the yaml, or a !PLACEHOLDER left unset
             raise SpkSepError(f"{hparams_file}: {message}") from None
