@@ -14,3 +14,14 @@ class SpkSepError(Exception):
     The message is one line that names the file or setting and the problem; the CLI and
     train.py print it as ``error: <message>`` and exit with status 2, without a traceback.
     """
+
+
+def one_line(err: Exception) -> str:
+    """The one-line message of a ``SpkSepError``, also when it was re-raised from a
+    DataLoader worker (torch then prepends the worker's traceback to the message)."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(err).__name__
+    last = lines[-1]
+    prefix = "SpkSepError: "
+    return last.split(prefix, 1)[1] if prefix in last else last

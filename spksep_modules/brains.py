@@ -160,7 +160,7 @@ class SpeakerIDBrain(sb.Brain):
         return model.classify(model(batch.wav.data))
 
     def compute_objectives(self, logits, batch, stage):
-        labels = batch.label.data
+        labels = batch.label.data.squeeze(-1)
         if stage != sb.Stage.TRAIN:
             self.errors += int((logits.argmax(-1) != labels).sum())
             self.count += labels.numel()

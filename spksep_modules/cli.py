@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from spksep_modules import SpkSepError
+from spksep_modules import SpkSepError, one_line
 
 
 def _demo_data(args):
@@ -60,7 +60,7 @@ def main(argv=None):
     try:
         args.func(args)
     except SpkSepError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
 

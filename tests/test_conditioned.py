@@ -123,32 +123,54 @@ def test_shapes(num_spks, T):
     assert torch.isfinite(est).all()
 
 
-def test_conditioning_changes_the_output():
-    model = make().eval()
+def unit(*shape):
+    return torch.nn.functional.normalize(torch.randn(*shape), dim=-1)
+
+
+@pytest.mark.parametrize("estimate_cue", [True, False])
+def test_conditioning_changes_the_output(estimate_cue):
+    model = make(estimate_cue=estimate_cue).eval()
     mix = torch.randn(1, 80)
     enc = model.encode(mix)
-    emb = torch.nn.functional.normalize(torch.randn(1, 2, 6), dim=-1)
+    emb = unit(1, 2, 6)
+    # The same cue for both speakers: only the embeddings can tell the passes apart.
+    cue = torch.randn(1, 80, 1).expand(1, 80, 2)
     # At identity init the FiLM layers do nothing: the speakers' outputs are equal.
-    out = model.separate_conditioned(enc, emb, 80)
+    out = model.separate_conditioned(enc, emb, cue)
+    assert out.shape == (1, 80, 2)
     assert torch.allclose(out[..., 0], out[..., 1])
     perturb_generator(model)
-    out = model.separate_conditioned(enc, emb, 80)
+    out = model.separate_conditioned(enc, emb, cue)
     assert not torch.allclose(out[..., 0], out[..., 1])
-    other = torch.nn.functional.normalize(torch.randn(1, 2, 6), dim=-1)
-    assert not torch.allclose(model.separate_conditioned(enc, other, 80), out)
+    assert not torch.allclose(model.separate_conditioned(enc, unit(1, 2, 6), cue), out)
 
 
-def test_outputs_follow_the_embeddings_order():
-    # Permutation equivariance: swapping the embeddings swaps the outputs.
-    for interferer_context in (True, False):
-        model = make(num_spks=3, interferer_context=interferer_context).eval()
-        perturb_generator(model)
-        enc = model.encode(torch.randn(1, 60))
-        emb = torch.nn.functional.normalize(torch.randn(1, 3, 6), dim=-1)
-        perm = [2, 0, 1]
-        out = model.separate_conditioned(enc, emb, 60)
-        out_p = model.separate_conditioned(enc, emb[:, perm], 60)
-        assert torch.allclose(out_p, out[..., perm], atol=1e-6)
+def test_the_estimate_cue_is_read_only_when_enabled():
+    mix, cue = torch.randn(1, 80), torch.randn(1, 80, 2)
+    for estimate_cue in (True, False):
+        model = make(estimate_cue=estimate_cue).eval()
+        enc, emb = model.encode(mix), unit(1, 2, 6)
+        out = model.separate_conditioned(enc, emb, cue)
+        # (2 * cue would give the same: the cue's encoding is normalised.)
+        changed = not torch.allclose(model.separate_conditioned(enc, emb, cue.flip(1)), out)
+        assert changed == estimate_cue
+        # With a cue the speakers differ even at identity FiLM (the cue tells them apart).
+        assert (not torch.allclose(out[..., 0], out[..., 1])) == estimate_cue
+
+
+@pytest.mark.parametrize("interferer_context,estimate_cue", [(True, True), (False, False)])
+def test_outputs_follow_the_embeddings_order(interferer_context, estimate_cue):
+    # Permutation equivariance: permuting the speakers' embeddings (and cues) permutes
+    # the outputs the same way.
+    model = make(num_spks=3, interferer_context=interferer_context, estimate_cue=estimate_cue)
+    model.eval()
+    perturb_generator(model)
+    enc = model.encode(torch.randn(1, 60))
+    emb, cue = unit(1, 3, 6), torch.randn(1, 60, 3)
+    perm = [2, 0, 1]
+    out = model.separate_conditioned(enc, emb, cue)
+    out_p = model.separate_conditioned(enc, emb[:, perm], cue[..., perm])
+    assert torch.allclose(out_p, out[..., perm], atol=1e-6)
 
 
 def test_refinement_reembeds_and_changes_output():

@@ -80,7 +80,7 @@ def speaker_dataset(items, speakers, window: int, sample_rate: int, random_crop:
     @sb.utils.data_pipeline.takes("spk")
     @sb.utils.data_pipeline.provides("label")
     def label(spk):
-        return torch.tensor(label_of[spk])
+        return torch.tensor([label_of[spk]])  # 1-d: PaddedBatch cannot stack 0-d tensors
 
     dataset.add_dynamic_item(audio)
     dataset.add_dynamic_item(label)

@@ -16,7 +16,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.distributed import run_on_main
 
-from spksep_modules import SpkSepError
+from spksep_modules import SpkSepError, one_line
 from spksep_modules.brains import SeparationBrain
 from spksep_modules.data.librimix import prepare_librimix
 from spksep_modules.data.pipeline import build_datasets
@@ -94,5 +94,5 @@ if __name__ == "__main__":
     try:
         main(sys.argv[1:])
     except SpkSepError as err:  # a user's mistake: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)

@@ -16,7 +16,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from spksep_modules import SpkSepError
+from spksep_modules import SpkSepError, one_line
 from spksep_modules.brains import SpeakerIDBrain
 from spksep_modules.data.librimix import prepare_librimix
 from spksep_modules.data.speakers import speaker_dataset, speaker_utterances, split_by_speaker
@@ -83,5 +83,5 @@ if __name__ == "__main__":
     try:
         main(sys.argv[1:])
     except SpkSepError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)

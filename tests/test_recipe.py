@@ -1,0 +1,212 @@
+"""End to end: train.py for every yaml, resume after a kill, DDP, the speaker-ID recipe,
+the spksep command. Tiny models on a tiny demo set, a couple of steps each."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from spksep_modules.data.demo import make_demo_data
+
+ROOT = Path(__file__).resolve().parents[1]
+SEPARATION = ROOT / "recipes" / "LibriMix" / "separation"
+SPEAKER_ID = ROOT / "recipes" / "LibriMix" / "speaker_id"
+SIZES = ["--N=16", "--L=8", "--B=8", "--H=16", "--X=2", "--R=1"]  # a tiny Conv-TasNet
+OPTS = ["--device=cpu", "--noprogressbar", "--num_workers=0", "--segment_seconds=0.5"]
+TINY = [*SIZES, *OPTS, "--batch_size=2", "--number_of_epochs=1"]
+COND = ["--stack_channels=8", "--film_hidden=16", *OPTS, "--batch_size=2", "--number_of_epochs=1"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    return make_demo_data(
+        root, num_train=6, num_dev=2, num_test=2, seconds=0.8,
+        num_train_speakers=4, num_dev_speakers=2, num_test_speakers=2,
+    )
+
+
+def run(script_dir, args, check=True, timeout=300):
+    proc = subprocess.run(
+        [sys.executable, "train.py", *map(str, args)], cwd=script_dir, env=ENV,
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def check_run_outputs(out: Path, model: str, num_test: int = 2):
+    assert (out / "train_log.txt").is_file()
+    assert any((out / "save").glob("CKPT+*")), "no checkpoint saved"
+    with open(out / "test_results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [*rows[0]] == ["mixture_ID", "si_snr", "si_snr_i", "sdr", "sdr_i", "stoi"]
+    assert len(rows) == num_test
+    summary = json.loads((out / "test_summary.json").read_text())
+    assert summary["model"] == model and summary["num_test"] == num_test
+    for key in ("si_snr", "si_snr_i", "sdr", "sdr_i", "stoi"):
+        assert np.isfinite(summary[key])
+        assert summary[key] == pytest.approx(np.mean([float(r[key]) for r in rows]))
+    return summary
+
+
+@pytest.fixture(scope="module")
+def baseline(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "convtasnet"
+    run(SEPARATION, ["hparams/convtasnet.yaml", f"--data_folder={data}", f"--output_folder={out}", *TINY])
+    return out
+
+
+def test_baseline_writes_every_run_output(baseline):
+    check_run_outputs(baseline, "convtasnet")
+    log = (baseline / "train_log.txt").read_text()
+    assert "epoch: 1" in log and "valid si_snr" in log
+
+
+@pytest.mark.parametrize("model", ["weighted_sum", "triplet_like", "ablation_pos", "ablation_neg"])
+def test_perceptual_models_train_with_ge2e(model, data, tmp_path):
+    out = tmp_path / model
+    run(SEPARATION, [f"hparams/{model}.yaml", f"--data_folder={data}", f"--output_folder={out}",
+                     "--representation=ge2e", *TINY])
+    check_run_outputs(out, model)
+    log = (out / "train_log.txt").read_text()
+    assert "train D_pos" in log and "train D_neg" in log and "train perceptual" in log
+
+
+@pytest.mark.parametrize("iterations", [1, 2])
+def test_conditioning_trains_on_the_baseline(iterations, data, baseline, tmp_path):
+    out = tmp_path / "cond"
+    run(SEPARATION, ["hparams/conditioning.yaml", f"--data_folder={data}", f"--output_folder={out}",
+                     f"--basic_model={baseline}", "--speaker_net=ge2e", f"--refine_iterations={iterations}",
+                     *COND])
+    check_run_outputs(out, "conditioning")
+    log = (out / "train_log.txt").read_text()
+    assert "valid si_snr_intermediate" in log  # what conditioning adds, per epoch
+
+
+def test_speaker_id_recipe_feeds_conditioning(data, baseline, tmp_path):
+    si = tmp_path / "si"
+    run(SPEAKER_ID, ["hparams/rawnet2.yaml", f"--data_folder={data}", f"--output_folder={si}",
+                     "--device=cpu", "--noprogressbar", "--window=4000", "--sinc_filters=8",
+                     "--sinc_length=31", "--block_channels=[8,8,16,16,16,16]", "--gru_units=16",
+                     "--embedding_dim=16", "--batch_size=4", "--num_workers=0", "--number_of_epochs=1"])
+    assert (si / "rawnet2.pt").is_file()
+    out = tmp_path / "cond"
+    run(SEPARATION, ["hparams/conditioning.yaml", f"--data_folder={data}", f"--output_folder={out}",
+                     f"--basic_model={baseline}", "--speaker_net=rawnet2",
+                     f"--speaker_net_ckpt={si / 'rawnet2.pt'}", *COND])
+    check_run_outputs(out, "conditioning")
+
+
+def test_resume_after_kill_inside_an_epoch(data, tmp_path):
+    out = tmp_path / "resume"
+    args = [sys.executable, "train.py", "hparams/convtasnet.yaml", f"--data_folder={data}",
+            f"--output_folder={out}", *SIZES, *OPTS, "--batch_size=1", "--number_of_epochs=2",
+            "--ckpt_interval_minutes=0", "--ckpt_interval_steps=2"]
+    proc = subprocess.Popen(args, cwd=SEPARATION, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:  # kill as soon as an intra-epoch checkpoint exists
+        while time.time() < deadline and proc.poll() is None:
+            metas = list(out.glob("save/CKPT+*/CKPT.yaml"))
+            if any("end-of-epoch: false" in m.read_text() for m in metas):
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended on its own before it was killed"
+    assert not (out / "test_summary.json").exists(), "the run finished before it was killed"
+    proc = subprocess.run(args, cwd=SEPARATION, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log_txt = (out / "log.txt").read_text()
+    assert "Loading a checkpoint" in log_txt
+    epochs = [l for l in (out / "train_log.txt").read_text().splitlines() if l.startswith("epoch:")]
+    assert [l.split(",")[0] for l in epochs] == ["epoch: 1", "epoch: 2"]
+    check_run_outputs(out, "convtasnet")
+
+
+def test_ddp_with_gloo_on_two_processes(data, tmp_path):
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "train.py", "hparams/convtasnet.yaml", f"--data_folder={data}", f"--output_folder={out}",
+         "--distributed_backend=gloo", *TINY],
+        cwd=SEPARATION, env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_run_outputs(out, "convtasnet")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data_folder=/nonexistent/Libri2Mix"], "/nonexistent/Libri2Mix"),
+    (["--data_folder={data}", "--no_such_key=1"], "no_such_key"),
+    ([], "data_folder"),
+])
+def test_user_errors_are_one_line(args, message, data, tmp_path):
+    args = [a.format(data=data) for a in args]
+    proc = run(SEPARATION, ["hparams/convtasnet.yaml", f"--output_folder={tmp_path / 'x'}",
+                            "--device=cpu", *args], check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+    assert "Traceback" not in proc.stderr
+
+
+def test_conditioning_without_baseline_names_the_command(data, tmp_path):
+    proc = run(SEPARATION, ["hparams/conditioning.yaml", f"--data_folder={data}",
+                            f"--output_folder={tmp_path / 'c'}", f"--basic_model={tmp_path / 'none'}",
+                            "--speaker_net=ge2e", "--device=cpu"], check=False)
+    assert proc.returncode == 2
+    assert "hparams/convtasnet.yaml" in proc.stderr.splitlines()[-1]
+
+
+def test_wav2vec1_without_checkpoint_says_what_to_pass(data, tmp_path):
+    proc = run(SEPARATION, ["hparams/weighted_sum.yaml", f"--data_folder={data}",
+                            f"--output_folder={tmp_path / 'w'}", "--device=cpu"], check=False)
+    assert proc.returncode == 2
+    assert "representation_ckpt" in proc.stderr.splitlines()[-1]
+
+
+def spksep(*args):
+    return subprocess.run([sys.executable, "-m", "spksep_modules.cli", *map(str, args)],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_separate_any_rate_stereo_and_long_files(baseline, tmp_path):
+    rng = np.random.default_rng(0)
+    stereo = tmp_path / "rec.wav"
+    sf.write(stereo, 0.1 * rng.standard_normal((44100 * 3, 2)).astype("float32"), 44100)
+    proc = spksep("separate", stereo, "--model", baseline, "--out", tmp_path / "sep",
+                  "--chunk_seconds=1", "--overlap_seconds=0.25")
+    assert proc.returncode == 0, proc.stderr
+    for i in (1, 2):
+        info = sf.info(tmp_path / "sep" / f"rec_s{i}.wav")
+        assert (info.samplerate, info.frames, info.channels) == (44100, 44100 * 3, 1)
+    proc = spksep("separate", tmp_path / "missing.wav", "--model", baseline, "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "missing.wav" in proc.stderr
+
+
+def test_table_puts_paper_numbers_beside_ours(baseline):
+    proc = spksep("table", baseline)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((baseline / "test_summary.json").read_text())
+    row = next(l for l in proc.stdout.splitlines() if l.startswith("| Conv-TasNet"))
+    assert "14.118" in row and f"{summary['si_snr']:.3f}" in row
+    assert "| P weighted-sum | 14.319 | - |" in proc.stdout
+
+
+def test_demo_data_command(tmp_path):
+    proc = spksep("demo-data", tmp_path / "d", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "d" / "Libri2Mix" / "wav16k" / "min" / "test" / "mix_clean").is_dir()
