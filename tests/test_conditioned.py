@@ -236,7 +236,11 @@ def test_separation_filterbank_starts_as_the_basic_models():
     assert torch.equal(model.encode(mix), model.basic_model.encode(mix))
     assert model.encoder.weight is not model.basic_model.encoder.weight
     rep = torch.rand(2, 8, model.encode(mix).shape[-1])
-    assert torch.allclose(model.decode(rep, 45), model.basic_model.decode(rep[:, None], 45)[..., 0])
+    assert torch.allclose(model.decode(rep, 45), model.basic_model.decode(rep[:, None], 45)[..., 0],
+                          atol=1e-6)
+    # decode() is the transposed convolution, bias included when there is one.
+    model.decoder = nn.ConvTranspose1d(8, 1, 4, stride=2, bias=True)
+    assert torch.allclose(model.decode(rep, 45), model.decoder(rep)[:, 0, :45], atol=1e-6)
 
 
 def test_input_checks():
