@@ -1,0 +1,29 @@
+"""``make bench``: speed and memory, ours against SpeechBrain's own models, in one run.
+
+1. Conv-TasNet training step at the paper's sizes (batch 4 x 3 s, 16 kHz): ours against
+   SpeechBrain's MaskNet + Encoder/Decoder; time ratio and peak memory.
+2. Perceptual loss: its cost against what the frozen representation network alone needs,
+   and its overhead over a baseline step (wav2vec 1.0 large, GE2E).
+3. Inference real-time factor: SpeechBrain's Conv-TasNet, ours, the speaker-conditioned
+   pipeline with RawNet2 and with GE2E.
+
+Each part runs in its own process so that peak memory is measured per model. Ratios are
+what to read: absolute times depend on the machine and on what else it runs.
+"""
+
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PARTS = ["bench_convtasnet.py", "bench_perceptual.py", "bench_rtf.py"]
+
+
+def main():
+    for part in PARTS:  # each script has its own options: run it alone with --help
+        print(f"\n## {part}\n", flush=True)
+        subprocess.run([sys.executable, os.path.join(HERE, part)], check=True)
+
+
+if __name__ == "__main__":
+    main()
