@@ -65,7 +65,8 @@ def test_generator_starts_at_identity_and_learns():
     gen = FiLMGenerator(emb_dim=5, num_layers=3, channels=4, hidden=7)
     scale, shift = gen(torch.randn(2, 5))
     assert scale.shape == shift.shape == (2, 3, 4)
-    assert torch.equal(scale, torch.ones_like(scale)) and torch.equal(shift, torch.zeros_like(shift))
+    assert torch.equal(scale, torch.ones_like(scale))
+    assert torch.equal(shift, torch.zeros_like(shift))
     # The zero-initialised output layer still receives a gradient, so training moves it.
     scale.sum().backward()
     assert gen.out.weight.grad.abs().sum() > 0

@@ -34,8 +34,8 @@ the stack then costs well under half of the paper-size Conv-TasNet's time.
 
 *What tells a pass which speaker to extract.* Per-speaker passes that see only the
 mixture can tell the speakers apart only through their embeddings, and those can be
-nearly equal: for same-gender pairs, and on the synthetic demo data, where GE2E gave two
-tones a cosine similarity of 1.000; equal conditions give equal outputs. So by default
+nearly equal: for same-gender pairs, and for non-speech signals (GE2E gave a sine and a
+square tone a cosine similarity of 1.000); equal conditions give equal outputs. So by default
 (``estimate_cue``) pass i also reads speaker i's current estimate (the intermediate one,
 then the previous pass's), encoded by the same encoder, beside the mixture: the cue
 says *which* source, the embedding says *who* it is, and the stack refines rather than
@@ -149,7 +149,8 @@ class WavesplitStack(nn.Module):
         super().__init__()
         if num_layers % layers_per_group:
             raise ValueError(
-                f"num_layers ({num_layers}) must be a multiple of layers_per_group ({layers_per_group})"
+                f"num_layers ({num_layers}) must be a multiple of "
+                f"layers_per_group ({layers_per_group})"
             )
         self.num_layers = num_layers
         self.channels = channels
@@ -285,7 +286,9 @@ class ConditionedSeparator(nn.Module):
 
         self.enc_norm = _norm(enc_dim, causal)
         cond_dim = self.embedding_dim * (2 if self.interferer_context else 1)
-        self.film_generator = FiLMGenerator(cond_dim, num_layers, stack_channels, hidden=film_hidden)
+        self.film_generator = FiLMGenerator(
+            cond_dim, num_layers, stack_channels, hidden=film_hidden
+        )
         stack_in = enc_dim * (2 if self.estimate_cue else 1)
         self.stack = WavesplitStack(
             stack_in, stack_channels, num_layers, layers_per_group, kernel_size, enc_dim, causal
@@ -394,11 +397,11 @@ class ConditionedSeparator(nn.Module):
                 f"ConditionedSeparator input: expected [batch, time] or [time], got shape "
                 f"{tuple(mix.shape)}"
             )
-        T = mix.shape[-1]
         intermediate = self.separate_basic(mix)
         if intermediate.shape[-1] != self.num_spks:
             raise SpkSepError(
-                f"basic_model: gives {intermediate.shape[-1]} sources, but num_spks is {self.num_spks}"
+                f"basic_model: gives {intermediate.shape[-1]} sources, "
+                f"but num_spks is {self.num_spks}"
             )
         enc = self.encode(mix)
         estimates = intermediate
