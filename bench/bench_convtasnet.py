@@ -239,11 +239,12 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     ref = "speechbrain" if "speechbrain" in names else None
     for n in names:
+        label = LABELS[n] + (", checkpointing" if args.checkpoint and n != "speechbrain" else "")
         ms = 1000 * secs[n]
         mb = f"{peak[n]:.0f}" if n in peak else "-"
         t_ratio = f"{secs[ref] / secs[n]:.2f}x" if ref else "-"
         m_ratio = f"{peak[ref] / peak[n]:.2f}x" if ref and peak else "-"
-        print(f"| {LABELS[n]} | {params[n]:,} | {ms:.0f} | {mb} | {t_ratio} | {m_ratio} |")
+        print(f"| {label} | {params[n]:,} | {ms:.0f} | {mb} | {t_ratio} | {m_ratio} |")
 
 
 if __name__ == "__main__":
