@@ -17,10 +17,10 @@ import re
 import torch
 import torchaudio.functional as AF
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.checkpoints import Checkpointer
 
 from spksep_modules import SpkSepError
 from spksep_modules.audio import read_any, write_wav
+from spksep_modules.checkpoints import AtomicCheckpointer
 
 # Objects a run's yaml builds for training only; inference never needs them (and must not
 # need e.g. the wav2vec checkpoint the perceptual loss was trained with).
@@ -43,7 +43,9 @@ def load_run(run_dir: str, device: str = "cpu"):
     unused = {k: v for k, v in _TRAINING_ONLY.items() if re.search(rf"^{k}:", text, re.M)}
     hparams = load_hyperpyyaml(text, overrides=unused)
     separator = hparams["separator"]
-    checkpointer = Checkpointer(os.path.join(run_dir, "save"), {"separator": separator})
+    checkpointer = AtomicCheckpointer(
+        os.path.join(run_dir, "save"), {"separator": separator}, clean=False
+    )
     if checkpointer.recover_if_possible(min_key="loss") is None:
         raise SpkSepError(f"{run_dir}: no checkpoint in save/ (the run has not finished an epoch)")
     return separator.to(device).eval(), int(hparams["sample_rate"])

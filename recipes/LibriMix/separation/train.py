@@ -13,7 +13,7 @@ import sys
 
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.checkpoints import Checkpointer
+from spksep_modules.checkpoints import AtomicCheckpointer
 from speechbrain.utils.distributed import run_on_main
 
 from spksep_modules import SpkSepError, one_line
@@ -65,7 +65,7 @@ def main(argv):
     modules = {"separator": hparams["separator"]}
     if hparams.get("perceptual_loss") is not None:
         modules["perceptual_loss"] = hparams["perceptual_loss"]  # moved to the device
-    checkpointer = Checkpointer(
+    checkpointer = AtomicCheckpointer(
         os.path.join(hparams["output_folder"], "save"),
         recoverables={
             "separator": hparams["separator"],

@@ -13,7 +13,7 @@ import sys
 
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.checkpoints import Checkpointer
+from spksep_modules.checkpoints import AtomicCheckpointer
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from spksep_modules import SpkSepError, one_line
@@ -50,7 +50,7 @@ def main(argv):
     train_set = speaker_dataset(train, speakers, window, rate, random_crop=True)
     valid_set = speaker_dataset(valid, speakers, window, rate, random_crop=False)
 
-    checkpointer = Checkpointer(
+    checkpointer = AtomicCheckpointer(
         os.path.join(out, "save"),
         recoverables={
             "speaker_net": model,
