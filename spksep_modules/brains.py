@@ -43,36 +43,34 @@ class SeparationBrain(sb.Brain):
         est = out["estimates"]
         neg_si_snr, est_aligned, _ = pit_si_snr(est, sources)
 
-        # A mixture whose loss is NaN/Inf (e.g. a silent source) is dropped from the
-        # batch and counted, instead of poisoning the update or stopping the run.
+        # A batch with a NaN/Inf loss (a diverging step, a broken example) makes no update:
+        # NaN in one example's forward pass would reach every gradient, even with that
+        # example's loss masked out. Its mixtures are counted and the run goes on.
         finite = torch.isfinite(neg_si_snr)
-        n_bad = int((~finite).sum())
-        if n_bad:
-            self.nonfinite_skipped += n_bad
-            logger.warning(f"skipped {n_bad} non-finite loss(es) in this batch")
-        if not finite.any():
-            self.skip_step = True
-            return est.sum() * 0.0
-        loss = neg_si_snr[finite].mean()
-        self._accumulate("si_snr", -neg_si_snr[finite].detach())
-
+        loss = neg_si_snr.mean()
+        if finite.any():
+            self._accumulate("si_snr", -neg_si_snr[finite].detach())
         if "intermediate" in out:
             inter, _, _ = pit_si_snr(out["intermediate"].detach(), sources)
-            self._accumulate("si_snr_intermediate", -inter[finite])
+            self._accumulate("si_snr_intermediate", -inter[torch.isfinite(inter)])
 
         perceptual = getattr(self.hparams, "perceptual_loss", None)
-        if perceptual is not None and stage == sb.Stage.TRAIN:
-            terms = perceptual(est_aligned[finite], sources[finite], loss)
-            if torch.isfinite(terms["loss"]):
-                loss = terms["loss"]
+        if perceptual is not None and stage == sb.Stage.TRAIN and finite.all():
+            terms = perceptual(est_aligned, sources, loss)
+            loss = terms["loss"]
+            if torch.isfinite(loss):
                 for key in ("perceptual", "D_pos", "D_neg"):
                     self._accumulate(key, terms[key].detach().reshape(1))
-            else:
-                self.nonfinite_skipped += int(finite.sum())
-                logger.warning("skipped a non-finite perceptual loss")
 
         if stage == sb.Stage.TEST:
             self._write_test_rows(batch, est.detach())
+        if not torch.isfinite(loss):
+            self.nonfinite_skipped += int((~finite).sum()) or len(finite)
+            logger.warning("non-finite loss: batch skipped")
+            self.skip_step = True
+            # Logged as the mean over the finite mixtures; nothing flows back from it.
+            value = float(neg_si_snr[finite].mean()) if finite.any() else 0.0
+            return torch.tensor(value, requires_grad=True)
         return loss
 
     # -- bookkeeping -----------------------------------------------------------------

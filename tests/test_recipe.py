@@ -210,3 +210,13 @@ def test_demo_data_command(tmp_path):
     proc = spksep("demo-data", tmp_path / "d", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "d" / "Libri2Mix" / "wav16k" / "min" / "test" / "mix_clean").is_dir()
+
+
+def test_test_only_evaluates_an_existing_run_without_training(data, baseline):
+    log_before = (baseline / "train_log.txt").read_text()
+    (baseline / "test_summary.json").unlink()
+    run(SEPARATION, ["hparams/convtasnet.yaml", f"--data_folder={data}", f"--output_folder={baseline}",
+                     *TINY, "--test_only"])
+    check_run_outputs(baseline, "convtasnet")
+    new_lines = (baseline / "train_log.txt").read_text()[len(log_before):]
+    assert "epoch: 2" not in new_lines and "test si_snr" in new_lines
