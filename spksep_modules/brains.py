@@ -27,6 +27,15 @@ logger = logging.getLogger(__name__)
 TEST_COLUMNS = ["mixture_ID", "si_snr", "si_snr_i", "sdr", "sdr_i", "stoi"]
 
 
+def _any_process(flag: bool, device) -> bool:
+    """True when ``flag`` is True on any DDP process (just ``flag`` without DDP)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    value = torch.tensor(float(flag), device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
 class SeparationBrain(sb.Brain):
     """uPIT SI-SNR training for any separator, with an optional perceptual loss."""
 
@@ -64,13 +73,18 @@ class SeparationBrain(sb.Brain):
 
         if stage == sb.Stage.TEST:
             self._write_test_rows(batch, est.detach())
-        if not torch.isfinite(loss):
+        bad = not torch.isfinite(loss)
+        if bad:
             self.nonfinite_skipped += int((~finite).sum()) or len(finite)
             logger.warning("non-finite loss: batch skipped")
+        if stage != sb.Stage.TRAIN:
+            return loss
+        if _any_process(bad, loss.device):
+            # Every process skips this step together, so DDP's gradient all-reduce stays in
+            # step: a zero that touches every trainable parameter, and no optimiser step.
             self.skip_step = True
-            # Logged as the mean over the finite mixtures; nothing flows back from it.
-            value = float(neg_si_snr[finite].mean()) if finite.any() else 0.0
-            return torch.tensor(value, requires_grad=True)
+            params = [p for p in self.modules.parameters() if p.requires_grad]
+            return sum(p.sum() for p in params) * 0.0
         return loss
 
     # -- bookkeeping -----------------------------------------------------------------
@@ -95,6 +109,11 @@ class SeparationBrain(sb.Brain):
             self.test_rows = []
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage != sb.Stage.TRAIN and "si_snr" in self.stage_stats:
+            # The mean over the finite mixtures (what SpeechBrain averages when every
+            # mixture is finite); skipped ones are reported as nonfinite_skipped.
+            total, count = self.stage_stats["si_snr"]
+            stage_loss = -total / count
         stats = {"loss": stage_loss}
         stats.update({k: t / max(n, 1) for k, (t, n) in self.stage_stats.items()})
         if self.nonfinite_skipped:
@@ -123,7 +142,7 @@ class SeparationBrain(sb.Brain):
         """Per-mixture metrics on whole utterances (test batches hold one mixture each)."""
         rate = self.hparams.sample_rate
         for i, mix_id in enumerate(batch.id):
-            length = int(batch.mix_sig.lengths[i] * batch.mix_sig.data.shape[1])
+            length = int(round(float(batch.mix_sig.lengths[i]) * batch.mix_sig.data.shape[1]))
             row = evaluate_mixture(
                 batch.mix_sig.data[i, :length].cpu(),
                 est[i, :length].cpu(),
@@ -154,8 +173,7 @@ class SpeakerIDBrain(sb.Brain):
 
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
-        model = self.modules.speaker_net
-        return model.classify(model(batch.wav.data))
+        return self.modules.speaker_net(batch.wav.data, classify=True)
 
     def compute_objectives(self, logits, batch, stage):
         labels = batch.label.data.squeeze(-1)

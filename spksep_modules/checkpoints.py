@@ -15,7 +15,7 @@ import time
 
 import yaml
 from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, PARAMFILE_EXT, Checkpointer
-from speechbrain.utils.distributed import if_main_process, main_process_only
+from speechbrain.utils.distributed import ddp_barrier, if_main_process, main_process_only
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ class AtomicCheckpointer(Checkpointer):
                 os.fsync(f.fileno())
             os.replace(tmp, fpath)  # the checkpoint exists from here on, complete
             self._pending_meta = None
+        # Every process must see the new checkpoint before any of them lists checkpoints
+        # again (save_and_keep_only deletes next, one collective per deletion).
+        ddp_barrier()
         return checkpoint
 
     def list_checkpoints(self):
@@ -64,5 +67,9 @@ class AtomicCheckpointer(Checkpointer):
         # order) may leave its CKPT.yaml without some parameter files: skip those.
         return [
             ckpt for ckpt in super().list_checkpoints()
-            if all((ckpt.path / f"{name}{PARAMFILE_EXT}").exists() for name in self.recoverables)
+            if all(
+                (ckpt.path / f"{name}{PARAMFILE_EXT}").exists()
+                for name in self.recoverables
+                if name not in self.optional_recoverables  # e.g. the AMP scaler
+            )
         ]

@@ -260,8 +260,10 @@ class RawNet2(nn.Module):
         self.fc1_gru = nn.Linear(gru_units, embedding_dim)
         self.fc2_gru = nn.Linear(embedding_dim, num_classes) if num_classes > 0 else None
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        """Embedding of fixed-length waveforms: ``wav [B, window]`` -> ``[B, embedding_dim]``."""
+    def forward(self, wav: torch.Tensor, classify: bool = False) -> torch.Tensor:
+        """Embedding of fixed-length waveforms: ``wav [B, window]`` -> ``[B, embedding_dim]``,
+        or speaker logits ``[B, num_classes]`` with ``classify=True`` (one forward call, so
+        DistributedDataParallel sees the classifier too)."""
         if wav.dim() != 2 or wav.shape[1] != self.window:
             raise ValueError(f"RawNet2.forward expects [batch, {self.window}] waveforms, got "
                              f"{tuple(wav.shape)}; use RawNet2.embed for other lengths")
@@ -273,7 +275,8 @@ class RawNet2(nn.Module):
             x = getattr(self, f"fc_attention{i}")(x)
         x = F.leaky_relu(self.bn_before_gru(x), 0.3)
         out, _ = self.gru(x.transpose(1, 2))  # [B, frames, gru_units]
-        return self.fc1_gru(out[:, -1])
+        emb = self.fc1_gru(out[:, -1])
+        return self.classify(emb) if classify else emb
 
     def embed(self, wav: torch.Tensor) -> torch.Tensor:
         """Embedding of waveforms of any length: ``wav [B, T]`` -> ``[B, embedding_dim]``.

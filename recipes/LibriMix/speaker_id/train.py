@@ -12,6 +12,7 @@ import os
 import sys
 
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml
 from spksep_modules.checkpoints import AtomicCheckpointer
 from speechbrain.utils.distributed import if_main_process, run_on_main
@@ -79,9 +80,18 @@ def main(argv):
         print(f"speaker network saved to {target} ({len(speakers)} speakers)")
 
 
+def shutdown_distributed():
+    """Leave the process group together: a rank that exits while another still talks to
+    it makes gloo abort (SIGABRT) at interpreter exit."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
+        shutdown_distributed()
     except SpkSepError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
