@@ -365,17 +365,9 @@ def test_random_segments_are_aligned_crops(csvs):
     assert len(offsets) > 3  # offsets are random
 
 
-def test_train_reads_only_the_segment(csvs, monkeypatch):
-    requested = []
-    original = sf.SoundFile.read
-
-    def spy(self, frames=-1, *args, **kwargs):
-        requested.append(frames)
-        return original(self, frames, *args, **kwargs)
-
-    monkeypatch.setattr(sf.SoundFile, "read", spy)
+def test_train_reads_only_the_segment(csvs, soundfile_reads):
     build_datasets({"train": csvs["train"]}, SR, 2, segment_seconds=0.1)["train"][0]
-    assert requested == [1600] * 3
+    assert soundfile_reads == [1600] * 3
 
 
 def test_short_mixtures_pad_or_skip(csvs):

@@ -9,18 +9,17 @@ Every model is a yaml file; this script only wires data, Brain and checkpointer 
 """
 
 import os
-import sys
 
 import speechbrain as sb
-import torch
 from hyperpyyaml import load_hyperpyyaml
-from spksep_modules.checkpoints import AtomicCheckpointer
 from speechbrain.utils.distributed import run_on_main
 
-from spksep_modules import SpkSepError, one_line
+from spksep_modules import SpkSepError
 from spksep_modules.brains import SeparationBrain
+from spksep_modules.checkpoints import AtomicCheckpointer
 from spksep_modules.data.librimix import prepare_librimix
 from spksep_modules.data.pipeline import build_datasets
+from spksep_modules.recipe import run
 
 
 def main(argv):
@@ -91,18 +90,5 @@ def main(argv):
     brain.evaluate(datasets["test"], min_key="loss", test_loader_kwargs=hparams["eval_loader_opts"])
 
 
-def shutdown_distributed():
-    """Leave the process group together: a rank that exits while another still talks to
-    it makes gloo abort (SIGABRT) at interpreter exit."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-        shutdown_distributed()
-    except SpkSepError as err:  # a user's mistake: one line, no traceback
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

@@ -9,19 +9,17 @@ For users without the authors' pretrained RawNet2: the checkpoint it leaves,
 """
 
 import os
-import sys
 
 import speechbrain as sb
-import torch
 from hyperpyyaml import load_hyperpyyaml
-from spksep_modules.checkpoints import AtomicCheckpointer
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from spksep_modules import SpkSepError, one_line
 from spksep_modules.brains import SpeakerIDBrain
+from spksep_modules.checkpoints import AtomicCheckpointer
 from spksep_modules.data.librimix import prepare_librimix
 from spksep_modules.data.speakers import speaker_dataset, speaker_utterances, split_by_speaker
 from spksep_modules.models.rawnet2 import save_rawnet2
+from spksep_modules.recipe import run
 
 
 def main(argv):
@@ -80,18 +78,5 @@ def main(argv):
         print(f"speaker network saved to {target} ({len(speakers)} speakers)")
 
 
-def shutdown_distributed():
-    """Leave the process group together: a rank that exits while another still talks to
-    it makes gloo abort (SIGABRT) at interpreter exit."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-        shutdown_distributed()
-    except SpkSepError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
+    run(main)
