@@ -1,9 +1,10 @@
 """Inference real-time factor (seconds of compute per second of audio) at the default sizes.
 
-Compared in one run: SpeechBrain's own Conv-TasNet (same sizes), ours, and the whole
-speaker-conditioned pipeline (our Conv-TasNet + speaker network + FiLM'd stack) with
+Compared in one run, interleaved: SpeechBrain's own Conv-TasNet (same sizes), ours, and the
+whole speaker-conditioned pipeline (our Conv-TasNet + speaker network + FiLM'd stack) with
 RawNet2 (the authors' sizes; random weights, the cost does not depend on them) and with
-GE2E (packaged weights). Target for the conditioned pipeline: RTF <= 0.25 on 2 CPU cores.
+GE2E (packaged weights), each in fp32 and under bf16 autocast (``spksep separate
+--precision bf16``). Target for the conditioned pipeline: RTF <= 0.25 on 2 CPU cores.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import torch
 from spksep_modules.features import Frozen
 from spksep_modules.features.ge2e import load_ge2e
 from spksep_modules.models import ConditionedSeparator, ConvTasNet, RawNet2
+from spksep_modules.runtime import keep_freed_memory
 
 SIZES = dict(N=512, L=16, B=128, H=512, P=3, X=8, R=3)
 
@@ -41,15 +43,11 @@ class SpeechBrainConvTasNet(torch.nn.Module):
 
 
 @torch.no_grad()
-def rtf(model, seconds, repeats, rate=16000):
-    mix = torch.randn(1, int(seconds * rate))
-    model(mix)  # warm-up
-    times = []
-    for _ in range(repeats):
+def run_once(model, mix, precision):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         start = time.perf_counter()
         model(mix)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / seconds
+        return time.perf_counter() - start
 
 
 def main(argv=None):
@@ -57,8 +55,10 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precisions", default="fp32,bf16")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as spksep separate does
     torch.manual_seed(0)
     ours = ConvTasNet(**SIZES).eval()
     models = {
@@ -67,15 +67,24 @@ def main(argv=None):
         "Conditioned, RawNet2 (default)": ConditionedSeparator(ours, Frozen(RawNet2(), 16000, 16000)).eval(),
         "Conditioned, GE2E": ConditionedSeparator(ours, Frozen(load_ge2e(), 16000, 16000)).eval(),
     }
+    runs = [(name, p) for p in args.precisions.split(",") for name in models]
+    mix = torch.randn(1, int(args.seconds * 16000))
+    times = {run: [] for run in runs}
+    for name, precision in runs:  # warm-up
+        run_once(models[name], mix, precision)
+    for _ in range(args.repeats):  # interleaved, so that load changes hit every model alike
+        for name, precision in runs:
+            times[name, precision].append(run_once(models[name], mix, precision))
+
     print(f"Inference real-time factor, {args.seconds} s of 16 kHz audio, "
           f"{args.threads} threads, median of {args.repeats}\n")
-    print("| model | RTF | vs SpeechBrain Conv-TasNet |")
-    print("|---|---|---|")
+    print("| model | precision | RTF | vs SpeechBrain Conv-TasNet, fp32 |")
+    print("|---|---|---|---|")
     reference = None
-    for name, model in models.items():
-        value = rtf(model, args.seconds, args.repeats)
+    for name, precision in runs:
+        value = statistics.median(times[name, precision]) / args.seconds
         reference = reference or value
-        print(f"| {name} | {value:.3f} | {value / reference:.2f} |", flush=True)
+        print(f"| {name} | {precision} | {value:.3f} | {value / reference:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

