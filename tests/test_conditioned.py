@@ -253,3 +253,32 @@ def test_input_checks():
                                  num_layers=2, layers_per_group=2, film_hidden=4)
     with pytest.raises(SpkSepError, match="num_spks"):
         wrong(torch.randn(1, 50))
+
+
+def test_fused_inference_layers_compute_the_trained_function(monkeypatch):
+    # Without autograd each stack layer applies norm and FiLM as one in-place affine map.
+    fused = []
+    original = ConditionedLayer._norm_film_act_
+    monkeypatch.setattr(ConditionedLayer, "_norm_film_act_",
+                        lambda self, *a: fused.append(1) or original(self, *a))
+    torch.manual_seed(3)
+    stack = WavesplitStack(6, 5, num_layers=6, layers_per_group=3).double()
+    with torch.no_grad():
+        for p in stack.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(2, 6, 90, dtype=torch.float64)
+    scale = 1 + torch.randn(4, 6, 5, dtype=torch.float64)
+    shift = torch.randn(4, 6, 5, dtype=torch.float64)
+    trained = stack(x, scale, shift)
+    assert not fused
+    with torch.no_grad():
+        torch.testing.assert_close(stack(x, scale, shift), trained.detach())
+    assert len(fused) == 6
+
+    model = make(num_layers=4).double()
+    perturb_generator(model)
+    mix = torch.randn(2, 900, dtype=torch.float64)
+    with torch.enable_grad():
+        trained = model(mix).estimates
+    with torch.no_grad():
+        torch.testing.assert_close(model(mix).estimates, trained.detach())

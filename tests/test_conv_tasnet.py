@@ -289,3 +289,49 @@ def test_memory_is_measured_in_a_fresh_process(bench_module):
     child = bench_module.measure_memory("ours", argv)
     del hog
     assert 50 < child < parent - 200
+
+
+def snr_db(ref, est):
+    ref, est = ref.double(), est.double()
+    return float(10 * torch.log10(ref.square().sum() / (ref - est).square().sum()))
+
+
+@pytest.mark.parametrize(
+    "kw,length",
+    [
+        (dict(), 1001),
+        (dict(X=8, R=1), 300),  # dilations up to 128 > 74 frames: taps fully outside
+        (dict(P=5, skip=False, mask_act="sigmoid"), 257),
+        (dict(mask_act="softmax", num_spks=3, bias=False), 640),
+    ],
+)
+def test_inference_path_equals_the_training_path(kw, length, monkeypatch):
+    # Without autograd, Conv-TasNet folds every gLN into the next convolution and works in
+    # place; it must compute the same function as the path that trains.
+    model = tiny(**kw).double()
+    with torch.no_grad():  # non-trivial norms and biases, so that folding them matters
+        for name, p in model.named_parameters():
+            if name.endswith(("gamma", "beta", "bias")):
+                p.normal_(0.3, 0.5)
+    mix = torch.randn(3, length, dtype=torch.float64)
+    calls = []
+    infer = type(model.separator).infer
+    monkeypatch.setattr(type(model.separator), "infer",
+                        lambda self, enc: calls.append(enc.shape) or infer(self, enc))
+    trained_path = model(mix)
+    assert not calls
+    with torch.no_grad():
+        inference_path = model(mix)
+    assert len(calls) == 3  # one example at a time: gLN statistics are per example
+    torch.testing.assert_close(inference_path, trained_path.detach())
+
+
+def test_inference_under_bf16_autocast_stays_close_to_fp32():
+    model = tiny(X=4, R=2).eval()
+    mix = torch.randn(1, 4000)
+    with torch.no_grad():
+        ref = model(mix)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(mix)
+    assert low.dtype == torch.bfloat16
+    assert snr_db(ref, low) > 30  # bf16 keeps 8 bits of mantissa: ~40 dB at paper sizes

@@ -84,3 +84,31 @@ def test_one_line_takes_the_real_message_out_of_a_worker_traceback():
     )
     assert one_line(wrapped) == "/d/a.wav: expected mono, got 2 channels"
     assert one_line(SpkSepError("/d/b.wav: empty")) == "/d/b.wav: empty"
+
+
+def test_bf16_separation_is_close_to_fp32_and_precision_is_checked():
+    from spksep_modules.models import ConvTasNet
+
+    torch.manual_seed(0)
+    model = ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=3, R=2).eval()
+    mix = torch.randn(3000)
+    ref = separate_waveform(model, mix, sample_rate=1000, chunk_seconds=10)
+    low = separate_waveform(model, mix, sample_rate=1000, chunk_seconds=10, precision="bf16")
+    assert low.dtype == torch.float32 and low.shape == ref.shape
+    snr = 10 * torch.log10(ref.square().sum() / (ref - low).square().sum())
+    assert 25 < snr < 200  # close, and really computed in bf16 (not bit-identical)
+    with pytest.raises(SpkSepError, match="precision"):
+        separate_waveform(model, mix, sample_rate=1000, precision="fp16")
+
+
+def test_keep_freed_memory_is_a_setting_that_can_be_turned_off():
+    import subprocess
+    import sys
+
+    code = "from spksep_modules.runtime import keep_freed_memory as k; print(k())"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        check=True)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**__import__("os").environ, "SPKSEP_MALLOC": "system"})
+    assert on.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")
+    assert off.stdout.strip() == "False"

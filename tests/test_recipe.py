@@ -197,7 +197,7 @@ def test_separate_any_rate_stereo_and_long_files(baseline, tmp_path):
     stereo = tmp_path / "rec.wav"
     sf.write(stereo, 0.1 * rng.standard_normal((44100 * 3, 2)).astype("float32"), 44100)
     proc = spksep("separate", stereo, "--model", baseline, "--out", tmp_path / "sep",
-                  "--chunk_seconds=1", "--overlap_seconds=0.25")
+                  "--chunk_seconds=1", "--overlap_seconds=0.25", "--precision=bf16")
     assert proc.returncode == 0, proc.stderr
     for i in (1, 2):
         info = sf.info(tmp_path / "sep" / f"rec_s{i}.wav")

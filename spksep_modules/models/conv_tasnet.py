@@ -21,9 +21,13 @@ memory traffic of fresh full-size activations, so the work goes into fewer of th
 - the decoder is a 1x1 conv plus overlap-add (~2.5x faster than ``conv_transpose1d``);
 - the mask activation runs in place;
 - optional activation checkpointing per block (``checkpoint=True``) stores only the
-  block inputs (~10% more time).
-The hand-written kernels serve CPU tensors; on CUDA (or under autocast) the same layers
-run PyTorch's own ops, which compute the same function (the tests check they agree).
+  block inputs (~10% more time);
+- without autograd (inference, validation) every gLN is folded into the convolution
+  that reads it and the activations are updated in place, in fp32 or under bf16
+  autocast (see "Inference path" below).
+The hand-written kernels serve CPU tensors; on CUDA (and, for training, under autocast)
+the same layers run PyTorch's own ops, which compute the same function (the tests check
+that all paths agree).
 
 Layouts follow SpeechBrain: ``forward`` takes ``[batch, time]`` and returns
 ``[batch, time, num_spks]``.
