@@ -10,7 +10,7 @@ from spksep_modules import SpkSepError
 from spksep_modules.features.frozen import Frozen
 
 REPRESENTATIONS = ("wav2vec1", "wav2vec2", "hubert", "wavlm", "ge2e")
-SPEAKER_NETS = ("rawnet2", "ge2e")
+SPEAKER_NETS = ("rawnet2", "ge2e", "ecapa")
 
 _WHERE = {
     "wav2vec1": "the fairseq wav2vec 1.0 file wav2vec_large.pt",
@@ -19,6 +19,8 @@ _WHERE = {
     "wavlm": "a torchaudio WavLM state dict (e.g. wavlm_base.pth)",
     "rawnet2": "rawnet2_best_weights.pt from the RawNet authors, or a checkpoint written by "
     "recipes/LibriMix/speaker_id/train.py",
+    "ecapa": "a local SpeechBrain ECAPA model folder (hyperparams.yaml + embedding_model.ckpt, "
+    "e.g. spkrec-ecapa-voxceleb)",
 }
 
 
@@ -61,6 +63,11 @@ def build_speaker_net(name: str, ckpt=None, sample_rate: int = 16000):
 
         _need_ckpt("speaker_net", name, ckpt)
         net = load_rawnet2(ckpt)
+    elif name == "ecapa":
+        from spksep_modules.features.ecapa import load_ecapa
+
+        _need_ckpt("speaker_net", name, ckpt)
+        net = load_ecapa(ckpt)
     else:
         raise SpkSepError(f"speaker_net: unknown '{name}', expected one of {', '.join(SPEAKER_NETS)}")
     frozen = Frozen(net, net.sample_rate, sample_rate)

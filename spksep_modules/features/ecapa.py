@@ -1,0 +1,86 @@
+"""ECAPA-TDNN speaker embeddings from a local SpeechBrain model folder.
+
+A SpeechBrain speaker-verification folder (e.g. ``speechbrain/spkrec-ecapa-voxceleb``,
+downloaded once with ``git clone`` or ``huggingface-cli download``) holds
+``hyperparams.yaml``, which builds the front end (``compute_features``: Fbank;
+``mean_var_norm``: sentence-level mean normalisation) and the network
+(``embedding_model``: ``ECAPA_TDNN``), and ``embedding_model.ckpt``, the network's state
+dict. Nothing is downloaded: the yaml only builds the modules (its ``pretrainer`` is
+never asked to fetch), and the weights come from the folder's own file.
+
+The embedding is ``embedding_model(mean_var_norm(compute_features(wav)))``, what
+SpeechBrain's ``EncoderClassifier.encode_batch`` returns with ``normalize=False``;
+it is differentiable with respect to the waveform.
+"""
+
+import os
+
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from torch import nn
+
+from spksep_modules import SpkSepError
+
+WEIGHTS = "embedding_model.ckpt"
+
+
+class EcapaSpeakerNet(nn.Module):
+    """SpeechBrain's ECAPA front end and network as one ``embed(wav [N, T]) -> [N, D]``."""
+
+    def __init__(self, compute_features: nn.Module, mean_var_norm: nn.Module,
+                 embedding_model: nn.Module, sample_rate: int = 16000):
+        super().__init__()
+        self.compute_features = compute_features
+        self.mean_var_norm = mean_var_norm
+        self.embedding_model = embedding_model
+        self.sample_rate = int(sample_rate)
+        self.eval()
+        with torch.no_grad():  # the width of the last layer, whatever the yaml's sizes
+            self.embedding_dim = int(self.embed(torch.zeros(1, self.sample_rate)).shape[-1])
+
+    def embed(self, wav: torch.Tensor) -> torch.Tensor:
+        lengths = torch.ones(wav.shape[0], device=wav.device)  # whole signals, no padding
+        feats = self.mean_var_norm(self.compute_features(wav), lengths)
+        return self.embedding_model(feats, lengths).reshape(wav.shape[0], -1)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.embed(wav)
+
+
+def load_ecapa(folder) -> EcapaSpeakerNet:
+    """The ECAPA speaker network of a local SpeechBrain model folder, in eval mode.
+
+    Raises ``SpkSepError`` naming the folder or file when the folder is missing, lacks
+    ``hyperparams.yaml`` / ``embedding_model.ckpt``, or the weights do not fit the yaml.
+    """
+    folder = os.fspath(folder or "")
+    hparams_file = os.path.join(folder, "hyperparams.yaml")
+    weights_file = os.path.join(folder, WEIGHTS)
+    if not os.path.isdir(folder):
+        raise SpkSepError(f"{folder or repr(folder)}: not a folder; speaker_net=ecapa needs a "
+                          "local SpeechBrain model folder such as spkrec-ecapa-voxceleb")
+    for path in (hparams_file, weights_file):
+        if not os.path.isfile(path):
+            raise SpkSepError(f"{path}: missing; not a SpeechBrain ECAPA model folder")
+    try:
+        with open(hparams_file, encoding="utf-8") as f:
+            hparams = load_hyperpyyaml(f)
+    except Exception as err:  # any yaml / construction problem is a bad folder
+        raise SpkSepError(f"{hparams_file}: cannot build the model ({err})".splitlines()[0]) from None
+    missing = [k for k in ("compute_features", "mean_var_norm", "embedding_model") if k not in hparams]
+    if missing:
+        raise SpkSepError(f"{hparams_file}: no {', '.join(missing)}: not a speaker-embedding model")
+    try:
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpkSepError(f"{weights_file}: cannot read checkpoint ({reason})") from None
+    model = hparams["embedding_model"]
+    try:
+        model.load_state_dict(state)
+    except Exception as err:  # wrong keys or shapes: the file does not belong to this yaml
+        raise SpkSepError(f"{weights_file}: does not fit {hparams_file} "
+                          f"({str(err).strip().splitlines()[0]})") from None
+    net = EcapaSpeakerNet(hparams["compute_features"], hparams["mean_var_norm"], model,
+                          hparams.get("sample_rate", 16000))
+    return net.eval()
