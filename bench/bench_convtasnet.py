@@ -35,7 +35,6 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from spksep_modules.models.conv_tasnet import ConvTasNet  # noqa: E402
-from spksep_modules.runtime import keep_freed_memory  # noqa: E402
 
 MODELS = ("speechbrain", "ours", "ours-sb-shape")
 LABELS = {
@@ -200,8 +199,6 @@ def parse_args(argv):
                    help="our model with activation checkpointing")
     p.add_argument("--models", default=",".join(MODELS),
                    help=f"comma-separated subset of {','.join(MODELS)}")
-    p.add_argument("--system-malloc", action="store_true",
-                   help="leave glibc malloc as it is (default: keep freed blocks, as train.py does)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory runs")
     p.add_argument("--_memory-of", dest="memory_of", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -220,8 +217,6 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.system_malloc:
-        keep_freed_memory()  # as train.py does; both models profit
     if args.memory_of:
         print(json.dumps({"peak_mb": measure_memory_here(args.memory_of, args)}))
         return
@@ -237,8 +232,7 @@ def main(argv=None):
         f"B={args.B} H={args.H} P={args.P} X={args.X} R={args.R} C={args.num_spks}, "
         f"batch {args.batch} x {args.seconds:g} s ({samples} samples), "
         f"device {args.device}{' bf16' if args.bf16 else ''}, "
-        f"{torch.get_num_threads()} threads, median of {args.steps} steps, "
-        f"{'system malloc' if args.system_malloc else 'freed blocks kept (runtime.py)'}\n"
+        f"{torch.get_num_threads()} threads, median of {args.steps} steps\n"
     )
     mem_col = "peak GPU alloc MB" if args.device == "cuda" else "peak RSS MB"
     print(f"| model | params | ms/step | {mem_col} | SB/this time | SB/this memory |")

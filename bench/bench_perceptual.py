@@ -25,7 +25,6 @@ from spksep_modules.features.ge2e import load_ge2e
 from spksep_modules.features.wav2vec1 import Wav2Vec1
 from spksep_modules.losses.perceptual import PerceptualLoss
 from spksep_modules.losses.pit import pit_si_snr
-from spksep_modules.runtime import keep_freed_memory
 from spksep_modules.models import ConvTasNet
 
 
@@ -87,7 +86,6 @@ def main(argv=None):
     parser.add_argument("--small", action="store_true", help="small Conv-TasNet (quick check)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as train.py does
     sizes = dict(N=512, L=16, B=128, H=512, P=3, X=8, R=3)
     if args.small:
         sizes = dict(N=64, L=16, B=32, H=64, P=3, X=4, R=1)

@@ -17,6 +17,7 @@ def _demo_data(args):
 def _separate(args):
     from spksep_modules.inference import separate_files
 
+    keep_freed_memory()  # chunks of one size: reuse their pages (see runtime.py)
     written = separate_files(
         args.files, args.model, args.out, device=args.device,
         chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
@@ -62,7 +63,6 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    keep_freed_memory()
     try:
         args.func(args)
     except SpkSepError as err:

@@ -5,7 +5,6 @@ import sys
 import torch
 
 from spksep_modules import SpkSepError, one_line
-from spksep_modules.runtime import keep_freed_memory
 
 
 def shutdown_distributed():
@@ -18,8 +17,7 @@ def shutdown_distributed():
 
 def run(main):
     """Call ``main(argv)``; a user's mistake (``SpkSepError``) ends with one line and exit
-    status 2, not a traceback. Large freed blocks stay in the heap (``runtime``)."""
-    keep_freed_memory()
+    status 2, not a traceback."""
     try:
         main(sys.argv[1:])
         shutdown_distributed()
