@@ -282,3 +282,13 @@ def test_fused_inference_layers_compute_the_trained_function(monkeypatch):
         trained = model(mix).estimates
     with torch.no_grad():
         torch.testing.assert_close(model(mix).estimates, trained.detach())
+
+
+def test_a_per_condition_cue_reads_like_a_concatenated_input():
+    torch.manual_seed(4)
+    stack = WavesplitStack(10, 6, num_layers=4, layers_per_group=2, out_channels=4)
+    x = torch.randn(2, 4, 50)  # shared by 3 conditions each
+    cue = torch.randn(6, 6, 50)  # one per condition
+    scale, shift = 1 + torch.randn(6, 4, 6), torch.randn(6, 4, 6)
+    concatenated = torch.cat([x.repeat_interleave(3, dim=0), cue], dim=1)
+    torch.testing.assert_close(stack(x, scale, shift, cue), stack(concatenated, scale, shift))

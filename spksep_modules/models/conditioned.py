@@ -149,10 +149,12 @@ class WavesplitStack(nn.Module):
     causal : bool
         See above.
 
-    ``forward(x [B, in_channels, T], scale [B*S, num_layers, channels],
-    shift [B*S, num_layers, channels]) -> [B*S, out_channels, T]``: each input may be
-    shared by S consecutive conditions (S = 1: one condition per input); the input
-    projection then runs once per input instead of once per condition.
+    ``forward(x [B, Cx, T], scale [B*S, num_layers, channels],
+    shift [B*S, num_layers, channels], cue [B*S, in_channels - Cx, T] = None)
+    -> [B*S, out_channels, T]``: each input ``x`` may be shared by S consecutive
+    conditions (S = 1: one condition per input); the input projection then runs once per
+    input instead of once per condition. ``cue``, one per condition, is read as if it
+    were concatenated to ``x`` on the channels, without copying ``x`` S times.
     """
 
     def __init__(
@@ -180,12 +182,21 @@ class WavesplitStack(nn.Module):
         )
         self.out = nn.Conv1d(channels, out_channels or in_channels, 1)
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                cue: torch.Tensor = None) -> torch.Tensor:
         if scale.shape[0] % x.shape[0]:
             raise ValueError(
                 f"{scale.shape[0]} conditions cannot be shared by {x.shape[0]} inputs"
             )
-        h = self.inp(x).repeat_interleave(scale.shape[0] // x.shape[0], dim=0)
+        shared = scale.shape[0] // x.shape[0]
+        if cue is None:
+            h = self.inp(x).repeat_interleave(shared, dim=0)
+        else:
+            # inp(cat[x repeated, cue]) as inp_x(x), once per input, plus inp_cue(cue).
+            weight = self.inp.weight
+            h = F.conv1d(cue, weight[:, x.shape[1]:])
+            h_x = F.conv1d(x, weight[:, : x.shape[1]], self.inp.bias)  # [B, Ch, T]
+            h = (h.view(x.shape[0], shared, *h.shape[1:]) + h_x[:, None]).flatten(0, 1)
         # The residual stream stays at least fp32 under bf16 autocast: 40 sums in bf16
         # (8-bit mantissa) would lose what the later layers add.
         h = h.to(torch.promote_types(h.dtype, torch.float32))
@@ -396,13 +407,11 @@ class ConditionedSeparator(nn.Module):
         length = estimates.shape[1]
         cond = self.conditions(emb).reshape(B * C, -1)
         scale, shift = self.film_generator(cond)  # [B*C, L, Ch] each
-        x = self.enc_norm(enc)  # [B, N, F]
+        x = self.enc_norm(enc)  # [B, N, F], shared by the C passes
+        cue = None
         if self.estimate_cue:
-            cue = self.encode(estimates.transpose(1, 2).reshape(B * C, length))
-            x = torch.cat([x.repeat_interleave(C, dim=0), self.enc_norm(cue)], dim=1)
-        # Without a cue every speaker's pass sees the same input, only the condition
-        # differs: the stack then shares each input among its C conditions.
-        mask = self.stack(x, scale, shift)  # [B*C, N, F]
+            cue = self.enc_norm(self.encode(estimates.transpose(1, 2).reshape(B * C, length)))
+        mask = self.stack(x, scale, shift, cue)  # [B*C, N, F]
         mask = torch.relu(mask) if self.mask_activation == "relu" else torch.sigmoid(mask)
         masked = mask.view(B, C, *enc.shape[1:]) * enc.unsqueeze(1)  # [B, C, N, F]
         wav = self.decode(masked.flatten(0, 1), length)  # [B*C, length]
