@@ -243,7 +243,7 @@ def overlap_add_decode(src_w, weight, stride):
 # ``x`` itself with rescaled weights and another bias. Folding each gLN into the
 # convolution that reads it leaves one statistics pass where training needs centring,
 # scaling and shifting passes over every ``[H, frames]`` activation; the PReLUs and
-# residual sums run in place. With nothing stored for a backward pass that is ~1.4x faster
+# residual sums run in place. With nothing stored for a backward pass that is ~1.3x faster
 # (bench/bench_rtf.py). The residual and skip sums stay in fp32 under bf16 autocast.
 # --------------------------------------------------------------------------------------
 
