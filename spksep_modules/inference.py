@@ -81,6 +81,33 @@ def load_basic_model(run_dir: str, expected: dict = None):
 PRECISIONS = ("fp32", "bf16")
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 dot products natively (AVX512-BF16 or AMX).
+
+    Without them oneDNN emulates bf16 and it is slower than fp32, not faster.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: do not guess
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """``"auto"`` -> ``"bf16"`` on a CPU with native bf16, else ``"fp32"``; others as given.
+
+    bf16 outputs agree with fp32 to ~40 dB SNR (far below any separation error) at ~1.5x
+    the speed on such CPUs; on GPUs fp32 is fast enough to be the automatic choice.
+    """
+    if precision == "auto":
+        return "bf16" if str(device).startswith("cpu") and native_bf16_cpu() else "fp32"
+    if precision not in PRECISIONS:
+        raise SpkSepError(
+            f"precision: expected auto or one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def _estimates(separator, mix: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """``mix [1, T]`` -> ``[T, C]`` (fp32) with any separator (plain tensor or tuple output).
 
@@ -115,10 +142,10 @@ def separate_waveform(
     Signals longer than ``chunk_seconds`` are cut into chunks overlapping by
     ``overlap_seconds``; each chunk's outputs are put in the speaker order of the previous
     chunk (best correlation on the overlap) and cross-faded linearly, which bounds memory
-    for hour-long recordings. ``precision`` is ``"fp32"`` or ``"bf16"`` (see ``_estimates``).
+    for hour-long recordings. ``precision``: ``"fp32"``, ``"bf16"`` (see ``_estimates``) or
+    ``"auto"`` (see ``resolve_precision``).
     """
-    if precision not in PRECISIONS:
-        raise SpkSepError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    precision = resolve_precision(precision, str(mix.device))
     chunk = int(chunk_seconds * sample_rate)
     overlap = int(overlap_seconds * sample_rate)
     if mix.numel() <= chunk:
@@ -150,19 +177,23 @@ def _match_mixture_scale(est: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     return (est.double() * gains).float()
 
 
-def separate_files(files, run_dir: str, out_dir: str, device: str = "cpu", **chunking):
+def separate_files(files, run_dir: str, out_dir: str, device: str = "cpu",
+                   precision: str = "auto", **chunking):
     """Separate each recording in ``files``; write ``out_dir/<name>_s<i>.wav`` (one per speaker).
 
-    ``chunking``: ``chunk_seconds``, ``overlap_seconds`` and ``precision`` of
+    ``precision``: ``"auto"`` (bf16 on CPUs with native bf16, else fp32), ``"fp32"`` or
+    ``"bf16"``; ``chunking``: ``chunk_seconds`` and ``overlap_seconds`` of
     :func:`separate_waveform`. Returns the list of written paths.
     """
+    precision = resolve_precision(precision, device)
     separator, model_rate = load_run(run_dir, device)
     written = []
     for path in files:
         wav, rate = read_any(path)  # [T, channels]
         mono = wav.mean(dim=1)
         mix = AF.resample(mono, rate, model_rate) if rate != model_rate else mono
-        est = separate_waveform(separator, mix.to(device), sample_rate=model_rate, **chunking).cpu()
+        est = separate_waveform(separator, mix.to(device), sample_rate=model_rate,
+                                precision=precision, **chunking).cpu()
         est = _match_mixture_scale(est, mix)
         if rate != model_rate:
             est = AF.resample(est.T, model_rate, rate).T

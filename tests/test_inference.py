@@ -101,6 +101,20 @@ def test_bf16_separation_is_close_to_fp32_and_precision_is_checked():
         separate_waveform(model, mix, sample_rate=1000, precision="fp16")
 
 
+def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
+    import spksep_modules.inference as inference
+
+    monkeypatch.setattr(inference, "native_bf16_cpu", lambda: True)
+    assert inference.resolve_precision("auto", "cpu") == "bf16"
+    assert inference.resolve_precision("auto", "cuda:0") == "fp32"
+    assert inference.resolve_precision("fp32", "cpu") == "fp32"
+    monkeypatch.setattr(inference, "native_bf16_cpu", lambda: False)
+    assert inference.resolve_precision("auto", "cpu") == "fp32"
+    assert inference.resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(SpkSepError, match="precision: expected auto"):
+        inference.resolve_precision("half", "cpu")
+
+
 def test_keep_freed_memory_is_a_setting_that_can_be_turned_off():
     import subprocess
     import sys

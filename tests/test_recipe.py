@@ -199,6 +199,7 @@ def test_separate_any_rate_stereo_and_long_files(baseline, tmp_path):
     proc = spksep("separate", stereo, "--model", baseline, "--out", tmp_path / "sep",
                   "--chunk_seconds=1", "--overlap_seconds=0.25", "--precision=bf16")
     assert proc.returncode == 0, proc.stderr
+    assert "separating in bf16" in proc.stderr
     for i in (1, 2):
         info = sf.info(tmp_path / "sep" / f"rec_s{i}.wav")
         assert (info.samplerate, info.frames, info.channels) == (44100, 44100 * 3, 1)
