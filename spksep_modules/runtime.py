@@ -10,8 +10,10 @@ pipeline ran 1.6x faster on 8 s of audio (RTF 0.52 -> 0.32, 2 threads, fp32).
 
 The price: freed blocks stay resident, and when a process allocates blocks of many
 different sizes the heap fragments and grows past the process's real peak. That is fine
-for inference, where chunks have a bounded, repeating size, so ``spksep separate`` and
-``bench/bench_rtf.py`` call :func:`keep_freed_memory`. It is not used for training: the
+for inference, where the model's tensors come from chunks of a bounded, repeating size,
+so ``spksep separate`` and ``bench/bench_rtf.py`` call :func:`keep_freed_memory` (the
+whole-recording buffers of files of different lengths can still leave up to the trim
+threshold, 1 GiB, resident beyond the peak). It is not used for training: the
 benchmark process that times SpeechBrain's and our training steps one after the other grew
 to 21 GB with it (OOM-killed on a 24 GB machine) against a 16 GB peak without, and
 validation on whole utterances of every length would fragment the same way. A library

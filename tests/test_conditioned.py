@@ -292,3 +292,12 @@ def test_a_per_condition_cue_reads_like_a_concatenated_input():
     scale, shift = 1 + torch.randn(6, 4, 6), torch.randn(6, 4, 6)
     concatenated = torch.cat([x.repeat_interleave(3, dim=0), cue], dim=1)
     torch.testing.assert_close(stack(x, scale, shift, cue), stack(concatenated, scale, shift))
+
+
+def test_a_stack_cast_to_bf16_runs_with_and_without_autograd():
+    stack = WavesplitStack(6, 5, num_layers=4, layers_per_group=2).to(torch.bfloat16)
+    x = torch.randn(2, 6, 40, dtype=torch.bfloat16)
+    scale, shift = torch.ones(2, 4, 5, dtype=torch.bfloat16), torch.zeros(2, 4, 5, dtype=torch.bfloat16)
+    out = stack(x, scale, shift)
+    with torch.no_grad():
+        assert stack(x, scale, shift).dtype == out.dtype == torch.bfloat16

@@ -335,3 +335,13 @@ def test_inference_under_bf16_autocast_stays_close_to_fp32():
             low = model(mix)
     assert low.dtype == torch.bfloat16
     assert snr_db(ref, low) > 30  # bf16 keeps 8 bits of mantissa: ~40 dB at paper sizes
+
+
+def test_a_model_cast_to_bf16_runs_without_autograd():
+    model = tiny(X=3, R=2).to(torch.bfloat16)
+    mix = torch.randn(2, 900).to(torch.bfloat16)
+    trained_path = model(mix).detach()
+    with torch.no_grad():
+        inference_path = model(mix)
+    assert inference_path.dtype == torch.bfloat16
+    assert snr_db(trained_path, inference_path) > 20

@@ -99,3 +99,12 @@ def test_bad_folders_give_one_clear_error(tmp_path):
     (folder / "embedding_model.ckpt").write_bytes((other / "embedding_model.ckpt").read_bytes())
     with pytest.raises(SpkSepError, match="does not fit"):
         load_ecapa(folder)
+
+
+def test_a_yaml_whose_parts_do_not_fit_is_a_clear_error(tmp_path):
+    folder, _ = write_folder(tmp_path / "e")
+    text = (folder / "hyperparams.yaml").read_text().replace("n_mels: 24", "n_mels: 24\nfbank_mels: 30")
+    text = text.replace("    n_mels: !ref <n_mels>\nmean_var_norm", "    n_mels: !ref <fbank_mels>\nmean_var_norm")
+    (folder / "hyperparams.yaml").write_text(text)
+    with pytest.raises(SpkSepError, match="hyperparams.yaml: its front end and network do not fit"):
+        load_ecapa(folder)

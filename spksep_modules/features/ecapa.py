@@ -81,6 +81,10 @@ def load_ecapa(folder) -> EcapaSpeakerNet:
     except Exception as err:  # wrong keys or shapes: the file does not belong to this yaml
         raise SpkSepError(f"{weights_file}: does not fit {hparams_file} "
                           f"({str(err).strip().splitlines()[0]})") from None
-    net = EcapaSpeakerNet(hparams["compute_features"], hparams["mean_var_norm"], model,
-                          hparams.get("sample_rate", 16000))
+    try:  # the constructor embeds 1 s of silence: front end and network must fit
+        net = EcapaSpeakerNet(hparams["compute_features"], hparams["mean_var_norm"], model,
+                              int(hparams.get("sample_rate", 16000)))
+    except Exception as err:
+        raise SpkSepError(f"{hparams_file}: its front end and network do not fit together "
+                          f"({str(err).strip().splitlines()[0]})") from None
     return net.eval()

@@ -52,6 +52,7 @@ from torch import nn
 
 from spksep_modules import SpkSepError
 from spksep_modules.features.frozen import Frozen
+from spksep_modules.models.conv_tasnet import widen_under_autocast
 from spksep_modules.models.film import FiLM, FiLMGenerator
 
 
@@ -194,12 +195,10 @@ class WavesplitStack(nn.Module):
         else:
             # inp(cat[x repeated, cue]) as inp_x(x), once per input, plus inp_cue(cue).
             weight = self.inp.weight
-            h = F.conv1d(cue, weight[:, x.shape[1]:])
+            h = widen_under_autocast(F.conv1d(cue, weight[:, x.shape[1]:]))
             h_x = F.conv1d(x, weight[:, : x.shape[1]], self.inp.bias)  # [B, Ch, T]
             h = (h.view(x.shape[0], shared, *h.shape[1:]) + h_x[:, None]).flatten(0, 1)
-        # The residual stream stays at least fp32 under bf16 autocast: 40 sums in bf16
-        # (8-bit mantissa) would lose what the later layers add.
-        h = h.to(torch.promote_types(h.dtype, torch.float32))
+        h = widen_under_autocast(h)  # fp32 under autocast: 40 residual sums in bf16 would lose detail
         for i, layer in enumerate(self.layers):
             h = layer(h, scale[:, i], shift[:, i])
         return self.out(h)

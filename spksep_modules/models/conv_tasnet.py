@@ -249,8 +249,14 @@ def overlap_add_decode(src_w, weight, stride):
 
 
 def _wide(x):
-    """``x`` in fp32 if it is in a narrower type (bf16 under autocast), else ``x`` itself."""
+    """``x`` in at least fp32 (statistics are summed there whatever the activations' type)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def widen_under_autocast(x):
+    """A residual or skip sum's type: fp32 when autocast narrows the activations (40 sums
+    in bf16's 8-bit mantissa would lose what later blocks add); else the model's own."""
+    return _wide(x) if torch.is_autocast_enabled(x.device.type) else x
 
 
 def _prelu_(x, weight):
@@ -270,16 +276,17 @@ def _gln_as_affine(x, norm):
     mean = x.sum() / n
     var = (torch.linalg.vector_norm(x).square() / n - mean.square()).clamp_min(0)
     scale = norm.gamma * torch.rsqrt(var + norm.eps)
-    return scale, norm.beta - scale * mean
+    return scale, norm.beta - scale * mean  # in the wider of fp32 and the model's type
 
 
 def _pointwise_folded(x, conv, scale, shift):
     """``conv(scale * x + shift)`` for a kernel-1 ``conv``, without forming the affine map."""
     weight = conv.weight[:, :, 0]  # [out, in]
-    bias = weight @ shift
+    bias = weight @ shift.to(weight.dtype)
     if conv.bias is not None:
         bias = bias + conv.bias
-    return F.conv1d(x, (weight * scale).unsqueeze(-1), bias)
+    folded = (weight * scale.to(weight.dtype)).unsqueeze(-1)
+    return F.conv1d(x, folded, bias.to(conv.weight.dtype))
 
 
 def _depthwise_folded(x, dconv, scale, shift):
@@ -544,14 +551,14 @@ class TCN(nn.Module):
 
     def infer(self, enc):
         """``forward`` for one example ``[1, N, frames]`` without autograd (see the
-        inference-path note above); the residual and skip sums are at least fp32."""
+        inference-path note above); under autocast the residual and skip sums are fp32."""
         scale, shift = _gln_as_affine(enc, self.in_norm)
-        x = _wide(_pointwise_folded(enc, self.bottleneck, scale, shift))
+        x = widen_under_autocast(_pointwise_folded(enc, self.bottleneck, scale, shift))
         skip_sum = None
         for block in self.blocks:
             res, skp = block.infer(x)
             if skp is not None:
-                skip_sum = _wide(skp) if skip_sum is None else skip_sum.add_(skp)
+                skip_sum = widen_under_autocast(skp) if skip_sum is None else skip_sum.add_(skp)
             if res is not None:
                 x.add_(res)
         feats = _prelu_(skip_sum if self.skip else x, self.out_act.weight)
