@@ -122,7 +122,7 @@ class ConditionedLayer(nn.Module):
         var = (torch.linalg.vector_norm(wide, dim=(1, 2)).square() / n - mean.square())
         gain = scale * torch.rsqrt(var.clamp_min(0) + self.norm.eps)[:, None]  # [B, Ch]
         offset = shift - gain * mean[:, None]
-        y.mul_(gain[..., None].to(y.dtype)).add_(offset[..., None].to(y.dtype))
+        torch.addcmul(offset[..., None].to(y.dtype), y, gain[..., None].to(y.dtype), out=y)
         return F.leaky_relu(y, float(self.act.weight), inplace=True)
 
 

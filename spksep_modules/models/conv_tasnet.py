@@ -303,7 +303,7 @@ def _depthwise_folded(x, dconv, scale, shift):
     const = shift * w.sum(1)
     if dconv.bias is not None:
         const = const + dconv.bias
-    y = torch.mul(x, taps[:, half, None]).add_(const.to(x.dtype)[:, None])
+    y = torch.addcmul(const.to(x.dtype)[:, None], x, taps[:, half, None])
     for k in range(w.shape[1]):
         off = (k - half) * dconv.dilation[0]
         if k == half:
