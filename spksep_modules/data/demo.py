@@ -38,6 +38,7 @@ import scipy.signal
 import soundfile as sf
 
 from spksep_modules import SpkSepError
+from spksep_modules.data.librimix import check_librimix_options
 
 # Mean formants F1..F3 (Hz) of American English vowels, adult male (Peterson & Barney,
 # 1952). Speakers scale them by their vocal-tract factor and perturb each vowel a little.
@@ -246,12 +247,7 @@ def make_demo_data(
     -------
     str: the ``Libri{num_spks}Mix`` folder (what ``--data_folder`` may point to).
     """
-    if num_spks not in (2, 3):
-        raise SpkSepError(f"num_spks: must be 2 or 3, got {num_spks}")
-    if sample_rate not in (8000, 16000):
-        raise SpkSepError(f"sample_rate: LibriMix uses 8000 or 16000 Hz, got {sample_rate}")
-    if mode not in ("min", "max"):
-        raise SpkSepError(f"mode: must be 'min' or 'max', got {mode!r}")
+    check_librimix_options(num_spks, sample_rate, mode)
     counts = {"train-100": (num_train, num_train_speakers), "dev": (num_dev, num_dev_speakers),
               "test": (num_test, num_test_speakers)}
     for split, (n_mix, n_spk) in counts.items():

@@ -35,6 +35,16 @@ _STATE_FILE = "librimix_prepare.json"
 _FORMAT_VERSION = 1
 
 
+def check_librimix_options(num_spks, sample_rate, mode):
+    """The LibriMix variants that exist: 2 or 3 speakers, 8 or 16 kHz, min or max mode."""
+    if num_spks not in (2, 3):
+        raise SpkSepError(f"num_spks: must be 2 or 3 (Libri2Mix / Libri3Mix), got {num_spks}")
+    if sample_rate not in (8000, 16000):
+        raise SpkSepError(f"sample_rate: LibriMix comes at 8000 or 16000 Hz, got {sample_rate}")
+    if mode not in ("min", "max"):
+        raise SpkSepError(f"mode: must be 'min' or 'max', got {mode!r}")
+
+
 def prepare_librimix(
     data_folder,
     save_folder,
@@ -70,12 +80,7 @@ def prepare_librimix(
     dict name -> absolute path of the written CSV.
     """
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
-    if num_spks not in (2, 3):
-        raise SpkSepError(f"num_spks: must be 2 or 3 (Libri2Mix / Libri3Mix), got {num_spks}")
-    if sample_rate not in (8000, 16000):
-        raise SpkSepError(f"sample_rate: LibriMix comes at 8000 or 16000 Hz, got {sample_rate}")
-    if mode not in ("min", "max"):
-        raise SpkSepError(f"mode: must be 'min' or 'max', got {mode!r}")
+    check_librimix_options(num_spks, sample_rate, mode)
     if verify not in ("header", "exists"):
         raise SpkSepError(f"verify: must be 'header' or 'exists', got {verify!r}")
     if not splits:

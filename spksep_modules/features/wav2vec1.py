@@ -79,20 +79,12 @@ _LEGACY_DEFAULTS = dict(
     activation="relu",
     vq_type="none",
 )
-_DATACLASS_DEFAULTS = dict(
+_DATACLASS_DEFAULTS = dict(  # where Wav2VecConfig differs from the argparse path
+    _LEGACY_DEFAULTS,
     conv_feature_layers=str(LARGE_FEATURE_LAYERS),
     conv_aggregator_layers=str(LARGE_AGGREGATOR_LAYERS),
-    encoder="cnn",
-    aggregator="cnn",
-    skip_connections_feat=False,
     skip_connections_agg=True,
-    residual_scale=0.5,
-    no_conv_bias=False,
-    agg_zero_pad=False,
     log_compression=True,
-    non_affine_group_norm=False,
-    activation="relu",
-    vq_type="none",
 )
 # Parameters of training-only parts of Wav2VecModel: present in checkpoints, unused here.
 _TRAINING_ONLY_PREFIXES = ("wav2vec_predictions.", "project_features.")

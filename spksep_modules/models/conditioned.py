@@ -52,7 +52,7 @@ from torch import nn
 
 from spksep_modules import SpkSepError
 from spksep_modules.features.frozen import Frozen
-from spksep_modules.models.conv_tasnet import widen_under_autocast
+from spksep_modules.models.conv_tasnet import as_batch, widen_under_autocast
 from spksep_modules.models.film import FiLM, FiLMGenerator
 
 
@@ -420,13 +420,7 @@ class ConditionedSeparator(nn.Module):
     def forward(self, mix: torch.Tensor) -> SeparatorOutput:
         """``mix [B, T]`` (or ``[T]``) -> ``SeparatorOutput(estimates [B, T, C],
         intermediate [B, T, C])``."""
-        if mix.dim() == 1:
-            mix = mix.unsqueeze(0)
-        if mix.dim() != 2:
-            raise SpkSepError(
-                f"ConditionedSeparator input: expected [batch, time] or [time], got shape "
-                f"{tuple(mix.shape)}"
-            )
+        mix = as_batch(mix, "ConditionedSeparator")
         intermediate = self.separate_basic(mix)
         if intermediate.shape[-1] != self.num_spks:
             raise SpkSepError(

@@ -316,6 +316,19 @@ def _depthwise_folded(x, dconv, scale, shift):
     return y
 
 
+def as_batch(mix, model_name):
+    """A separator's input as ``[batch, time]``: ``[time]`` gets a batch dimension, any
+    other shape is an error naming ``model_name``."""
+    if mix.dim() == 1:
+        mix = mix.unsqueeze(0)
+    if mix.dim() != 2:
+        raise SpkSepError(
+            f"{model_name} input: expected [batch, time] or [time], got shape "
+            f"{tuple(mix.shape)}"
+        )
+    return mix
+
+
 def _use_cpu_kernels(x, enabled):
     return enabled and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
 
@@ -668,13 +681,7 @@ class ConvTasNet(nn.Module):
 
     def forward(self, mix):
         """Separate: ``[batch, time]`` (or ``[time]``) -> ``[batch, time, num_spks]``."""
-        if mix.dim() == 1:
-            mix = mix.unsqueeze(0)
-        if mix.dim() != 2:
-            raise SpkSepError(
-                f"ConvTasNet input: expected [batch, time] or [time], got shape "
-                f"{tuple(mix.shape)}"
-            )
+        mix = as_batch(mix, "ConvTasNet")
         if self.cpu_kernels and mix.device.type == "cpu" and not torch.is_grad_enabled():
             # Inference path, one example at a time (gLN statistics are per example).
             return torch.cat([self._infer(m[None]) for m in mix])
