@@ -152,18 +152,20 @@ def separate_waveform(
         return _estimates(separator, mix[None], precision)
     hop = chunk - overlap
     starts = list(range(0, mix.numel() - overlap, hop))
-    out = None
+    out, filled = None, 0  # out[:filled] is written
     for start in starts:
         piece = _estimates(separator, mix[None, start : start + chunk], precision)
-        if out is None:
-            out = piece
-            continue
-        ov = min(overlap, piece.shape[0], out.shape[0] - start)
-        piece = piece[:, _best_order(out[start : start + ov], piece[:ov])]
-        fade = torch.linspace(0, 1, ov)[:, None]
-        out[start : start + ov] = out[start : start + ov] * (1 - fade) + piece[:ov] * fade
-        out = torch.cat([out[: start + ov], piece[ov:]])
-    return out[: mix.numel()]
+        if out is None:  # one buffer for the whole signal, not a copy per chunk
+            out = piece.new_empty(mix.numel(), piece.shape[1])
+        ov = min(overlap, piece.shape[0], filled - start) if filled else 0
+        if ov > 0:
+            piece = piece[:, _best_order(out[start : start + ov], piece[:ov])]
+            fade = torch.linspace(0, 1, ov, device=out.device)[:, None]
+            out[start : start + ov].mul_(1 - fade).add_(piece[:ov] * fade)
+        end = start + piece.shape[0]
+        out[start + ov : end] = piece[ov:]
+        filled = end
+    return out
 
 
 def _match_mixture_scale(est: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
