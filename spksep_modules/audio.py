@@ -14,6 +14,7 @@ NaN/Inf) is raised as :class:`spksep_modules.SpkSepError` with a single line
 """
 
 import os
+import random
 
 import numpy as np
 import soundfile as sf
@@ -61,7 +62,7 @@ def _read_frames(f, path, start, stop):
     return data
 
 
-def read_wav(path, sample_rate=None, start=0, stop=None):
+def read_wav(path, sample_rate=None, start=0, stop=None, window=None, random_start=False):
     """Read a mono dataset file, or the segment [start, stop) of it, in samples.
 
     Only the requested segment is read from disk.
@@ -75,6 +76,10 @@ def read_wav(path, sample_rate=None, start=0, stop=None):
         Segment bounds in samples; ``stop=None`` reads to the end. A segment reaching
         past the end of the file is an error, because it means the dataset CSV no
         longer describes the file.
+    window : int or None
+        Instead of ``start``/``stop``: at most ``window`` samples, from a uniformly random
+        start when ``random_start`` (a training crop), else from the beginning; the file
+        is opened once for both its length and its samples.
 
     Returns
     -------
@@ -90,6 +95,9 @@ def read_wav(path, sample_rate=None, start=0, stop=None):
             raise SpkSepError(
                 f"{path}: {sample_rate} Hz expected, file is {f.samplerate} Hz"
             )
+        if window is not None:
+            start = random.randint(0, max(f.frames - window, 0)) if random_start else 0
+            stop = min(start + window, f.frames)
         stop = f.frames if stop is None else int(stop)
         start = int(start)
         if not 0 <= start < stop <= f.frames:

@@ -10,7 +10,6 @@ utterances).
 import csv
 import random
 
-import soundfile as sf
 import speechbrain as sb
 import torch
 
@@ -72,9 +71,7 @@ def speaker_dataset(items, speakers, window: int, sample_rate: int, random_crop:
     @sb.utils.data_pipeline.takes("path")
     @sb.utils.data_pipeline.provides("wav")
     def audio(path):
-        frames = sf.info(path).frames
-        start = random.randint(0, max(frames - window, 0)) if random_crop else 0
-        wav = read_wav(path, sample_rate, start=start, stop=min(start + window, frames))
+        wav = read_wav(path, sample_rate, window=window, random_start=random_crop)
         return _fixed_length(wav, window)
 
     @sb.utils.data_pipeline.takes("spk")
