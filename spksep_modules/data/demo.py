@@ -106,6 +106,8 @@ class _Speaker:
         self.fricative_prob = rng.uniform(0.2, 0.6)
         self.fricative_gain = rng.uniform(0.1, 0.3)
         self.vowel_prefs = rng.dirichlet(np.ones(len(_VOWEL_FORMANTS)))
+        # The speaker's vowel filters are fixed: design them once, not per syllable.
+        self.vowel_sos = [self._vowel_sos(v) for v in range(len(_VOWEL_FORMANTS))]
 
     def _pitch_contour(self, rng, n):
         """f0 in Hz for every sample: declination plus a slow random wander."""
@@ -176,7 +178,7 @@ class _Speaker:
             if end - pos < 16:
                 break
             vowel = rng.choice(len(_VOWEL_FORMANTS), p=self.vowel_prefs)
-            voiced = scipy.signal.sosfilt(self._vowel_sos(vowel), source[pos:end])
+            voiced = scipy.signal.sosfilt(self.vowel_sos[vowel], source[pos:end])
             out[pos:end] += rng.uniform(0.5, 1.0) * voiced * self._envelope(end - pos)
             # A short gap between syllables keeps the rhythm audible.
             pos = end + int(rng.uniform(0.0, 0.04) * sr)
