@@ -3,8 +3,22 @@
 import sys
 
 import torch
+from hyperpyyaml import load_hyperpyyaml
 
 from spksep_modules import SpkSepError, one_line
+
+
+def load_hparams(hparams_file, overrides):
+    """The recipe's yaml with its command-line overrides; an override naming no key of the
+    yaml, or a ``!PLACEHOLDER`` left unset, is a one-line ``SpkSepError``."""
+    with open(hparams_file, encoding="utf-8") as fin:
+        try:
+            return load_hyperpyyaml(fin, overrides)
+        except (KeyError, ValueError) as err:
+            message = " ".join(map(str, err.args))
+            if not any(w in message for w in ("Override", "overrides", "PLACEHOLDER")):
+                raise
+            raise SpkSepError(f"{hparams_file}: {message}") from None
 
 
 def shutdown_distributed():

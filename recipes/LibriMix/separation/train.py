@@ -11,37 +11,28 @@ Every model is a yaml file; this script only wires data, Brain and checkpointer 
 import os
 
 import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
-from spksep_modules import SpkSepError
 from spksep_modules.brains import SeparationBrain
 from spksep_modules.checkpoints import AtomicCheckpointer
 from spksep_modules.data.librimix import prepare_librimix
 from spksep_modules.data.pipeline import build_datasets
-from spksep_modules.recipe import run
+from spksep_modules.recipe import load_hparams, run
 
 
 def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        try:
-            hparams = load_hyperpyyaml(fin, overrides)
-        except (KeyError, ValueError) as err:
-            message = " ".join(map(str, err.args))
-            if not any(w in message for w in ("Override", "overrides", "PLACEHOLDER")):
-                raise
-            # an override naming no key of the yaml, or a !PLACEHOLDER left unset
-            raise SpkSepError(f"{hparams_file}: {message}") from None
+    hparams = load_hparams(hparams_file, overrides)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
 
-    # CSVs are written once (by the main process) and reused while the data is unchanged.
-    run_on_main(
+    # CSVs are written once (by the main process) and reused while the data is unchanged;
+    # every process gets their paths back.
+    csvs = run_on_main(
         prepare_librimix,
         kwargs={
             "data_folder": hparams["data_folder"],
@@ -52,7 +43,6 @@ def main(argv):
             "splits": hparams["splits"],
         },
     )
-    csvs = {s: os.path.join(hparams["output_folder"], f"{s}.csv") for s in hparams["splits"]}
     datasets = build_datasets(
         csvs,
         sample_rate=hparams["sample_rate"],

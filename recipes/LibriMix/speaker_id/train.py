@@ -11,7 +11,6 @@ For users without the authors' pretrained RawNet2: the checkpoint it leaves,
 import os
 
 import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from spksep_modules.brains import SpeakerIDBrain
@@ -19,14 +18,13 @@ from spksep_modules.checkpoints import AtomicCheckpointer
 from spksep_modules.data.librimix import prepare_librimix
 from spksep_modules.data.speakers import speaker_dataset, speaker_utterances, split_by_speaker
 from spksep_modules.models.rawnet2 import save_rawnet2
-from spksep_modules.recipe import run
+from spksep_modules.recipe import load_hparams, run
 
 
 def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+    hparams = load_hparams(hparams_file, overrides)
     out = hparams["output_folder"]
     sb.create_experiment_directory(out, hyperparams_to_save=hparams_file, overrides=overrides)
 
