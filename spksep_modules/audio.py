@@ -106,7 +106,7 @@ def read_wav(path, sample_rate=None, start=0, stop=None, window=None, random_sta
                 f"({f.frames} samples); re-run data preparation if the files changed"
             )
         data = _read_frames(f, path, start, stop)
-    return torch.from_numpy(data[:, 0].copy())
+    return torch.from_numpy(data[:, 0])  # mono [T, 1]: column 0 is contiguous, no copy
 
 
 def read_any(path):

@@ -52,7 +52,12 @@ from torch import nn
 
 from spksep_modules import SpkSepError
 from spksep_modules.features.frozen import Frozen
-from spksep_modules.models.conv_tasnet import as_batch, widen_under_autocast
+from spksep_modules.models.conv_tasnet import (
+    as_batch,
+    encode_padded,
+    overlap_add_decode,
+    widen_under_autocast,
+)
 from spksep_modules.models.film import FiLM, FiLMGenerator
 
 
@@ -198,7 +203,9 @@ class WavesplitStack(nn.Module):
             h = widen_under_autocast(F.conv1d(cue, weight[:, x.shape[1]:]))
             h_x = F.conv1d(x, weight[:, : x.shape[1]], self.inp.bias)  # [B, Ch, T]
             h = (h.view(x.shape[0], shared, *h.shape[1:]) + h_x[:, None]).flatten(0, 1)
-        h = widen_under_autocast(h)  # fp32 under autocast: 40 residual sums in bf16 would lose detail
+        # fp32 under autocast (the cue sum above already is): 40 residual sums in bf16
+        # would lose what the later layers add.
+        h = widen_under_autocast(h)
         for i, layer in enumerate(self.layers):
             h = layer(h, scale[:, i], shift[:, i])
         return self.out(h)
@@ -370,26 +377,15 @@ class ConditionedSeparator(nn.Module):
         The mixture is zero-padded at the end so that the frames tile it exactly and the
         decoder can give back every sample.
         """
-        T = mix.shape[-1]
-        frames = max(1, -(-(T - self.kernel) // self.stride) + 1)
-        padded = (frames - 1) * self.stride + self.kernel
-        x = F.pad(mix, (0, padded - T)).unsqueeze(1)
-        return F.relu(self.encoder(x))
+        return encode_padded(self.encoder, mix)
 
     def decode(self, rep: torch.Tensor, length: int) -> torch.Tensor:
         """``rep [B', N, F]`` -> waveforms ``[B', length]`` by the copied decoder.
 
-        Computes what ``self.decoder`` (a transposed conv N -> 1) computes, as one matrix
-        product (each frame -> L samples) and an overlap-add (``fold``): on CPU that is
-        about 3x faster than PyTorch's transposed convolution, which has no fast path for
-        a single output channel.
+        Computes what ``self.decoder`` (a transposed conv N -> 1) computes, with Conv-TasNet's
+        matrix product + overlap-add (``overlap_add_decode``).
         """
-        weight = self.decoder.weight[:, 0]  # [N, L]
-        frames = torch.matmul(rep.transpose(1, 2), weight)  # [B', F, L]
-        padded = (rep.shape[-1] - 1) * self.stride + self.kernel
-        wav = F.fold(frames.transpose(1, 2), output_size=(1, padded),
-                     kernel_size=(1, self.kernel), stride=(1, self.stride))
-        wav = wav.view(rep.shape[0], padded)[:, :length]
+        wav = overlap_add_decode(rep, self.decoder.weight, self.stride)[:, :length]
         if self.decoder.bias is not None:
             wav = wav + self.decoder.bias
         return wav

@@ -18,7 +18,8 @@ memory traffic of fresh full-size activations, so the work goes into fewer of th
 - the residual and skip 1x1 convolutions of a block run as one matrix product; the last
   block has no residual output (nothing reads it), so every parameter gets a gradient
   and DistributedDataParallel needs no ``find_unused_parameters``;
-- the decoder is a 1x1 conv plus overlap-add (~2.5x faster than ``conv_transpose1d``);
+- the decoder is a 1x1 conv plus overlap-add (faster than ``conv_transpose1d``: ~2.5x
+  forward only, ~1.2x forward + backward, N=512, batch 8 x 6000 frames);
 - the mask activation runs in place;
 - optional activation checkpointing per block (``checkpoint=True``) stores only the
   block inputs (~10% more time);
@@ -209,6 +210,23 @@ def _shifted(dst, src, off):
     if off >= 0:
         return dst[..., : T - off], src[..., off:]
     return dst[..., -off:], src[..., : T + off]
+
+
+def padded_length(length, kernel, stride):
+    """Smallest length >= ``length`` (and >= ``kernel``) that frames of ``kernel`` samples
+    every ``stride`` samples tile exactly."""
+    frames = max(0, -(-(length - kernel) // stride)) + 1
+    return (frames - 1) * stride + kernel
+
+
+def encode_padded(encoder, mix):
+    """``ReLU(encoder(mix))`` for a filterbank ``encoder`` (``nn.Conv1d`` 1 -> N), with
+    ``mix [batch, time]`` zero-padded at the end so that its frames tile it exactly and a
+    decoder can give back every sample: ``-> [batch, N, frames]``."""
+    length = mix.shape[-1]
+    kernel, stride = encoder.kernel_size[0], encoder.stride[0]
+    mix = F.pad(mix, (0, padded_length(length, kernel, stride) - length))
+    return F.relu(encoder(mix.unsqueeze(1)))
 
 
 def overlap_add_decode(src_w, weight, stride):
@@ -653,14 +671,11 @@ class ConvTasNet(nn.Module):
 
     def padded_length(self, length):
         """Smallest length >= ``length`` (and >= L) that the encoder tiles exactly."""
-        frames = max(0, -(-(length - self.L) // self.stride)) + 1
-        return (frames - 1) * self.stride + self.L
+        return padded_length(length, self.L, self.stride)
 
     def encode(self, mix):
         """Encoder: ``[batch, time] -> [batch, N, frames]`` (input right-padded with zeros)."""
-        length = mix.shape[-1]
-        mix = F.pad(mix, (0, self.padded_length(length) - length))
-        return F.relu(self.encoder(mix.unsqueeze(1)))
+        return encode_padded(self.encoder, mix)
 
     def masks(self, enc):
         """Masks: ``[batch, N, frames] -> [batch, num_spks, N, frames]``."""
@@ -671,7 +686,8 @@ class ConvTasNet(nn.Module):
 
         Every source goes through the same transposed conv (``self.decoder``'s weights),
         computed as a 1x1 conv to ``L`` samples per frame followed by overlap-add: the
-        same result, ~2.5x faster forward + backward on CPU than ``conv_transpose1d``.
+        same result, faster on CPU than ``conv_transpose1d`` (~2.5x forward, ~1.2x forward
+        + backward).
         The padding that ``encode`` added is cut so the output has ``length`` samples.
         """
         batch, C, N, frames = src_w.shape
