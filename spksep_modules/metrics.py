@@ -12,6 +12,7 @@ Conventions follow the LibriMix literature (Asteroid's evaluation):
   SI-SNR before anything is scored.
 """
 
+from functools import lru_cache
 from itertools import permutations
 
 import numpy as np
@@ -147,14 +148,32 @@ def stoi(est, ref, sample_rate: int) -> float:
     return float(_pystoi(ref, est, int(sample_rate), extended=False))
 
 
+@lru_cache(maxsize=None)
+def _permutations(num_spks: int, device: torch.device) -> torch.Tensor:
+    """``[num_perms, num_spks]`` on ``device`` (cached: no host-to-device copy per call)."""
+    return torch.tensor(list(permutations(range(num_spks))), dtype=torch.long, device=device)
+
+
+def best_permutations(pairwise: torch.Tensor):
+    """The assignments maximising the mean of ``[..., C (ref), C (est)]`` score matrices.
+
+    All C! permutations are scored at once by indexing. Returns ``(best_mean [...],
+    perm [..., C])`` with ``perm[..., i]`` the estimate assigned to reference ``i``.
+    """
+    num_spks = pairwise.shape[-1]
+    perms = _permutations(num_spks, pairwise.device)  # [P, C]
+    rows = torch.arange(num_spks, device=pairwise.device)
+    scores = pairwise[..., rows, perms].mean(-1)  # [..., P]
+    best_mean, best = scores.max(dim=-1)
+    return best_mean, perms[best]
+
+
 def best_permutation(pairwise: torch.Tensor) -> tuple:
-    """The assignment maximising the mean of a ``[C (ref), C (est)]`` score matrix.
+    """The assignment maximising the mean of one ``[C (ref), C (est)]`` score matrix.
 
     Returns a tuple ``perm`` with ``perm[i]`` the estimate assigned to reference ``i``.
     """
-    num_spks = pairwise.shape[-1]
-    rows = range(num_spks)
-    return max(permutations(rows), key=lambda p: float(pairwise[rows, p].sum()))
+    return tuple(best_permutations(pairwise)[1].tolist())
 
 
 def evaluate_mixture(mix, est, ref, sample_rate: int) -> dict:

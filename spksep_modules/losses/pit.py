@@ -1,24 +1,15 @@
 """Utterance-level permutation-invariant training (uPIT) on negative SI-SNR.
 
 The pairwise SI-SNR matrix of a batch is computed once, in one vectorised call; every
-permutation is then scored from that matrix with one matrix product (C! permutations:
-2 for two speakers, 6 for three). SpeechBrain's ``PitWrapper`` gives the same values but
-loops over the examples of a batch and over the permutations in Python.
+permutation is then scored from that matrix at once (``metrics.best_permutations``; C!
+permutations: 2 for two speakers, 6 for three). SpeechBrain's ``PitWrapper`` gives the
+same values but loops over the examples of a batch and over the permutations in Python.
 """
-
-from functools import lru_cache
-from itertools import permutations
 
 import torch
 from torch import nn
 
-from spksep_modules.metrics import pairwise_si_snr
-
-
-@lru_cache(maxsize=None)
-def _permutations(num_spks: int) -> torch.Tensor:
-    """``[num_perms, num_spks]``: row ``p`` maps reference ``i`` to estimate ``perms[p, i]``."""
-    return torch.tensor(list(permutations(range(num_spks))), dtype=torch.long)
+from spksep_modules.metrics import best_permutations, pairwise_si_snr
 
 
 def pit_si_snr(est: torch.Tensor, ref: torch.Tensor):
@@ -45,17 +36,10 @@ def pit_si_snr(est: torch.Tensor, ref: torch.Tensor):
             f"pit_si_snr expects est and ref as [batch, time, num_spks], got {tuple(est.shape)} "
             f"and {tuple(ref.shape)}"
         )
-    num_spks = est.shape[-1]
     # [B, C (ref), C (est)]
     pairwise = pairwise_si_snr(est.transpose(1, 2), ref.transpose(1, 2))
 
-    perms = _permutations(num_spks).to(est.device)  # [P, C]
-    # One-hot form [P, C, C] so all permutations are scored by one contraction.
-    one_hot = nn.functional.one_hot(perms, num_spks).to(pairwise.dtype)
-    scores = torch.einsum("bij,pij->bp", pairwise, one_hot) / num_spks  # [B, P]
-    best_score, best = scores.max(dim=1)
-
-    perm = perms[best]  # [B, C]
+    best_score, perm = best_permutations(pairwise)  # [B], [B, C]
     est_aligned = torch.gather(est, 2, perm.unsqueeze(1).expand(-1, est.shape[1], -1))
     return -best_score, est_aligned, perm
 
