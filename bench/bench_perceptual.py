@@ -20,12 +20,12 @@ import time
 
 import torch
 
-from spksep_modules.features import Frozen
-from spksep_modules.features.ge2e import load_ge2e
 from spksep_modules.features.wav2vec1 import Wav2Vec1
 from spksep_modules.losses.perceptual import PerceptualLoss
 from spksep_modules.losses.pit import pit_si_snr
 from spksep_modules.models import ConvTasNet
+from spksep_modules.nnet.frozen import Frozen
+from spksep_modules.speakers.ge2e import load_ge2e
 
 
 def timed(fn):

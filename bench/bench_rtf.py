@@ -13,10 +13,11 @@ import time
 
 import torch
 
-from spksep_modules.features import Frozen
-from spksep_modules.features.ge2e import load_ge2e
-from spksep_modules.models import ConditionedSeparator, ConvTasNet, RawNet2
+from spksep_modules.models import ConditionedSeparator, ConvTasNet
+from spksep_modules.nnet.frozen import Frozen
 from spksep_modules.runtime import keep_freed_memory
+from spksep_modules.speakers.ge2e import load_ge2e
+from spksep_modules.speakers.rawnet2 import RawNet2
 
 SIZES = dict(N=512, L=16, B=128, H=512, P=3, X=8, R=3)
 

@@ -84,6 +84,20 @@ def read_wav(path, sample_rate=None, start=0, stop=None, window=None, random_sta
     Returns
     -------
     Tensor [time], float32 in [-1, 1] for integer files.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     write_wav(os.path.join(tmp, "a.wav"), torch.linspace(-1, 1, 100), 8000)
+    ...     whole = read_wav(os.path.join(tmp, "a.wav"), 8000)
+    ...     part = read_wav(os.path.join(tmp, "a.wav"), 8000, start=10, stop=30)
+    >>> whole.shape, part.shape, torch.equal(part, whole[10:30])
+    (torch.Size([100]), torch.Size([20]), True)
+    >>> read_wav("missing.wav")
+    Traceback (most recent call last):
+    ...
+    spksep_modules.SpkSepError: missing.wav: file not found
     """
     path = os.fspath(path)
     with _open(path) as f:
@@ -115,6 +129,15 @@ def read_any(path):
     Returns
     -------
     (Tensor [time, channels] float32, sample_rate int)
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     sf.write(os.path.join(tmp, "stereo.wav"), np.zeros((50, 2), np.float32), 44100)
+    ...     wav, sample_rate = read_any(os.path.join(tmp, "stereo.wav"))
+    >>> wav.shape, wav.dtype, sample_rate
+    (torch.Size([50, 2]), torch.float32, 44100)
     """
     path = os.fspath(path)
     with _open(path) as f:
@@ -140,6 +163,20 @@ def write_wav(path, wav, sample_rate, subtype="FLOAT"):
     wav : Tensor or ndarray [time]
     sample_rate : int
     subtype : "FLOAT" | "PCM_16" | any soundfile subtype for WAV
+
+    Example
+    -------
+    >>> import tempfile
+    >>> wav = torch.tensor([0.0, 0.5, -0.25, 1.5])  # 1.5: a network's overshoot
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     write_wav(os.path.join(tmp, "sub", "f.wav"), wav, 8000)  # creates sub/
+    ...     write_wav(os.path.join(tmp, "i.wav"), wav, 8000, subtype="PCM_16")
+    ...     read_wav(os.path.join(tmp, "sub", "f.wav")), read_wav(os.path.join(tmp, "i.wav"))
+    (tensor([ 0.0000,  0.5000, -0.2500,  1.5000]), tensor([ 0.0000,  0.5000, -0.2500,  1.0000]))
+    >>> write_wav("x.wav", torch.zeros(2, 10), 8000)
+    Traceback (most recent call last):
+    ...
+    spksep_modules.SpkSepError: x.wav: expected a mono signal [time], got shape (2, 10)
     """
     path = os.fspath(path)
     if isinstance(wav, torch.Tensor):

@@ -1,13 +1,13 @@
 """The one Brain every separation recipe uses.
 
-What differs between the paper's models is built by the yaml, not here:
-- the separator (``modules.separator``): a Conv-TasNet, or the speaker-conditioned pipeline
-  whose forward returns ``{"estimates", "intermediate"}``;
-- the optional perceptual term (``hparams.perceptual_loss``), added to the uPIT SI-SNR loss
-  in training only.
+What differs between models is built by the yaml, not here: the separator
+(``modules.separator``, any family: see ``models.base``) and the loss (``modules.loss``,
+``losses.SeparationLoss``: uPIT SI-SNR plus an optional auxiliary term). The Brain logs
+whatever named terms the loss returns.
 
 Validation always scores negative SI-SNR, so early stopping, learning-rate halving and the
-choice of the best checkpoint mean the same thing for every model.
+choice of the best checkpoint mean the same thing for every model. Validation and test run
+the separator's inference form (``models.fuse_for_inference``: same function, faster).
 """
 
 import csv
@@ -19,92 +19,55 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process
 
-from spksep_modules.losses.pit import pit_si_snr
 from spksep_modules.metrics import evaluate_mixture
+from spksep_modules.models.fused import fuse_for_inference
+from spksep_modules.nonfinite import SkipNonFinite
 
 logger = logging.getLogger(__name__)
 
 TEST_COLUMNS = ["mixture_ID", "si_snr", "si_snr_i", "sdr", "sdr_i", "stoi"]
 
 
-def _any_process(flag: bool, device) -> bool:
-    """True when ``flag`` is True on any DDP process (just ``flag`` without DDP)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    value = torch.tensor(float(flag), device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
-
-
 class SeparationBrain(sb.Brain):
-    """uPIT SI-SNR training for any separator, with an optional perceptual loss."""
+    """Trains any separator with the yaml's loss; writes per-mixture test results."""
 
     def compute_forward(self, batch, stage):
-        """Returns ``{"estimates": [B, T, C], ...}`` for ``batch.mix_sig [B, T]``."""
+        """A ``SeparatorOutput``: estimates ``[B, T, C]`` (+ extras) for ``mix_sig [B, T]``."""
         batch = batch.to(self.device)
-        out = self.modules.separator(batch.mix_sig.data)
-        if isinstance(out, tuple):  # the conditioned model's (estimates, intermediate)
-            return out._asdict()
-        return {"estimates": out}
+        separator = self.modules.separator if stage == sb.Stage.TRAIN else self.eval_separator
+        return separator(batch.mix_sig.data)
 
     def compute_objectives(self, out, batch, stage):
-        sources = batch.sources.data  # [B, T, C]
-        est = out["estimates"]
-        neg_si_snr, est_aligned, _ = pit_si_snr(est, sources)
-
-        # A batch with a NaN/Inf loss (a diverging step, a broken example) makes no update:
-        # NaN in one example's forward pass would reach every gradient, even with that
-        # example's loss masked out. Its mixtures are counted and the run goes on.
-        finite = torch.isfinite(neg_si_snr)
-        loss = neg_si_snr.mean()
-        if finite.any():
-            self._accumulate("si_snr", -neg_si_snr[finite].detach())
-        if "intermediate" in out:
-            inter, _, _ = pit_si_snr(out["intermediate"].detach(), sources)
-            self._accumulate("si_snr_intermediate", -inter[torch.isfinite(inter)])
-
-        perceptual = getattr(self.hparams, "perceptual_loss", None)
-        if perceptual is not None and stage == sb.Stage.TRAIN and finite.all():
-            terms = perceptual(est_aligned, sources, loss)
-            loss = terms["loss"]
-            if torch.isfinite(loss):
-                for key in ("perceptual", "D_pos", "D_neg"):
-                    self._accumulate(key, terms[key].detach().reshape(1))
-
+        terms = self.modules.loss(out, batch.sources.data)
+        for key, value in terms.items():
+            if key != "loss":
+                self._accumulate(key, value.detach().reshape(-1))
         if stage == sb.Stage.TEST:
-            self._write_test_rows(batch, est.detach())
-        bad = not torch.isfinite(loss)
-        if bad:
-            self.nonfinite_skipped += int((~finite).sum()) or len(finite)
-            logger.warning("non-finite loss: batch skipped")
-        if stage != sb.Stage.TRAIN:
-            return loss
-        if _any_process(bad, loss.device):
-            # Every process skips this step together, so DDP's gradient all-reduce stays in
-            # step: a zero that touches every trainable parameter, and no optimiser step.
-            self.skip_step = True
-            params = [p for p in self.modules.parameters() if p.requires_grad]
-            return sum(p.sum() for p in params) * 0.0
-        return loss
+            self._write_test_rows(batch, out.detach())
+        return self.nonfinite.check(terms["loss"], terms["si_snr"],
+                                    self.modules.parameters(), stage == sb.Stage.TRAIN)
 
     # -- bookkeeping -----------------------------------------------------------------
     def _accumulate(self, key, values):
+        values = values[torch.isfinite(values)]  # skipped mixtures are counted apart
         total, count = self.stage_stats.get(key, (0.0, 0))
         self.stage_stats[key] = (total + float(values.sum()), count + values.numel())
 
     def on_fit_batch_start(self, batch, should_step):
-        self.skip_step = False
+        self.nonfinite.skip_step = False
 
     def optimizers_step(self):
-        if self.skip_step:  # every loss in the batch was non-finite: no update at all
+        if self.nonfinite.skip_step:  # the batch's loss was non-finite: no update at all
             self.zero_grad(set_to_none=True)
             return
         super().optimizers_step()
 
     def on_stage_start(self, stage, epoch=None):
         self.stage_stats = {}
-        self.nonfinite_skipped = 0
-        self.skip_step = False
+        self.nonfinite = SkipNonFinite()
+        if stage != sb.Stage.TRAIN:
+            separator = self.modules.separator
+            self.eval_separator = fuse_for_inference(getattr(separator, "module", separator))
         if stage == sb.Stage.TEST:
             self.test_rows = []
 
@@ -113,11 +76,11 @@ class SeparationBrain(sb.Brain):
             # The mean over the finite mixtures (what SpeechBrain averages when every
             # mixture is finite); skipped ones are reported as nonfinite_skipped.
             total, count = self.stage_stats["si_snr"]
-            stage_loss = -total / count
+            stage_loss = -total / max(count, 1)
         stats = {"loss": stage_loss}
         stats.update({k: t / max(n, 1) for k, (t, n) in self.stage_stats.items()})
-        if self.nonfinite_skipped:
-            stats["nonfinite_skipped"] = self.nonfinite_skipped
+        if self.nonfinite.skipped:
+            stats["nonfinite_skipped"] = self.nonfinite.skipped
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
         elif stage == sb.Stage.VALID:

@@ -1,4 +1,5 @@
-"""A SpeechBrain Checkpointer that survives being killed at any moment.
+"""Checkpoint safety: a SpeechBrain Checkpointer that survives being killed at any moment,
+and one check that a loaded state dict fits a model (:func:`check_state_dict`).
 
 SpeechBrain lists a folder ``CKPT+...`` as a checkpoint as soon as its ``CKPT.yaml`` exists,
 but it writes that file *before* the parameter files and deletes old checkpoints with a
@@ -8,20 +9,35 @@ is written last (atomically, via a temporary file), a checkpoint missing any par
 file is not listed, and half-written folders are cleaned up.
 """
 
+import fnmatch
 import logging
 import os
 import shutil
 import time
 
+import torch
 import yaml
 from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, PARAMFILE_EXT, Checkpointer
 from speechbrain.utils.distributed import ddp_barrier, if_main_process, main_process_only
+
+from spksep_modules import SpkSepError
 
 logger = logging.getLogger(__name__)
 
 
 class AtomicCheckpointer(Checkpointer):
-    """``speechbrain.utils.checkpoints.Checkpointer`` with crash-safe saving and deleting."""
+    """``speechbrain.utils.checkpoints.Checkpointer`` with crash-safe saving and deleting.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> model = torch.nn.Linear(2, 2)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     ckpt = AtomicCheckpointer(folder, recoverables={"model": model})
+    ...     _ = ckpt.save_checkpoint(meta={"loss": 1.0})
+    ...     [c.meta["loss"] for c in ckpt.list_checkpoints()]
+    [1.0]
+    """
 
     def __init__(self, checkpoints_dir, *args, clean=True, **kwargs):
         super().__init__(checkpoints_dir, *args, **kwargs)
@@ -73,3 +89,63 @@ class AtomicCheckpointer(Checkpointer):
                 if name not in self.optional_recoverables  # e.g. the AMP scaler
             )
         ]
+
+
+def _short_list(items, limit: int = 3) -> str:
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def check_state_dict(expected, state: dict, path, what: str, ignore=()) -> None:
+    """Raises a one-line ``SpkSepError`` unless ``state`` has exactly the keys and tensor
+    shapes of ``expected``, so that a wrong file is reported before ``load_state_dict``
+    (whose multi-line error names neither the file nor what it should have been).
+
+    Arguments
+    ---------
+    expected : nn.Module or dict
+        The model, or the state dict it expects.
+    state : dict
+        The loaded state dict.
+    path : str or Path
+        The file ``state`` came from; the message starts with it.
+    what : str
+        What the file should be, as in ``"{path}: not {what}: ..."`` (e.g. "a RawNet2
+        checkpoint").
+    ignore : sequence of str
+        ``fnmatch`` patterns of keys that may be missing from ``state`` or extra in it
+        (e.g. ``"*.num_batches_tracked"``, bookkeeping that older files lack).
+
+    Example
+    -------
+    >>> net = torch.nn.Linear(3, 2)  # weight [2, 3], bias [2]
+    >>> check_state_dict(net, net.state_dict(), "ok.pt", "a Linear checkpoint")
+    >>> check_state_dict(net, {"weight": torch.zeros(2, 4), "scale": torch.ones(1)},
+    ...                  "bad.pt", "a Linear checkpoint")
+    Traceback (most recent call last):
+    spksep_modules.SpkSepError: bad.pt: not a Linear checkpoint: missing keys bias; unexpected keys scale; shape mismatch for weight: checkpoint (2, 4), model (2, 3)
+    """
+    if not isinstance(expected, dict):
+        expected = expected.state_dict()
+
+    def ignored(key):
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in ignore)
+
+    missing = [k for k in expected if k not in state and not ignored(k)]
+    unexpected = [k for k in state if k not in expected and not ignored(k)]
+    mismatched = []
+    for key in (k for k in expected if k in state):
+        got, want = state[key], tuple(expected[key].shape)
+        if not torch.is_tensor(got) or tuple(got.shape) != want:
+            shape = tuple(got.shape) if torch.is_tensor(got) else type(got).__name__
+            mismatched.append(f"{key}: checkpoint {shape}, model {want}")
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short_list(unexpected)}")
+    if mismatched:  # one in full: shapes hold commas
+        more = f" (+{len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        problems.append(f"shape mismatch for {mismatched[0]}{more}")
+    if problems:
+        raise SpkSepError(f"{path}: not {what}: {'; '.join(problems)}")

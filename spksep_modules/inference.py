@@ -12,8 +12,8 @@ output is resampled back to the recording's own rate.
 
 import itertools
 import os
-import re
 
+import ruamel.yaml
 import torch
 import torchaudio.functional as AF
 from hyperpyyaml import load_hyperpyyaml
@@ -21,17 +21,15 @@ from hyperpyyaml import load_hyperpyyaml
 from spksep_modules import SpkSepError
 from spksep_modules.audio import read_any, write_wav
 from spksep_modules.checkpoints import AtomicCheckpointer
+from spksep_modules.models import fuse_for_inference, separator_from_state
 
-# Objects a run's yaml builds for training only; inference never needs them (and must not
-# need e.g. the wav2vec checkpoint the perceptual loss was trained with).
-_TRAINING_ONLY = {"perceptual": None, "perceptual_loss": None}
+# Objects a run's yaml builds for training only. Only runs saved before separators
+# carried their own description are rebuilt from the yaml, and they must not need e.g.
+# the wav2vec checkpoint the perceptual loss was trained with.
+_TRAINING_ONLY = ("perceptual", "perceptual_loss", "perceptual_term", "frozen_representation")
 
 
-def load_run(run_dir: str, device: str = "cpu"):
-    """Rebuild a trained separator from its run folder.
-
-    Returns ``(separator, sample_rate)``; the separator is in eval mode on ``device``.
-    """
+def _run_yaml(run_dir: str) -> str:
     hparams_file = os.path.join(run_dir, "hyperparams.yaml")
     if not os.path.isfile(hparams_file):
         raise SpkSepError(
@@ -39,25 +37,60 @@ def load_run(run_dir: str, device: str = "cpu"):
             "train one with recipes/LibriMix/separation/train.py"
         )
     with open(hparams_file, encoding="utf-8") as f:
-        text = f.read()
-    unused = {k: v for k, v in _TRAINING_ONLY.items() if re.search(rf"^{k}:", text, re.M)}
-    hparams = load_hyperpyyaml(text, overrides=unused)
-    separator = hparams["separator"]
-    checkpointer = AtomicCheckpointer(
-        os.path.join(run_dir, "save"), {"separator": separator}, clean=False
-    )
-    if checkpointer.recover_if_possible(min_key="loss") is None:
+        return f.read()
+
+
+def _from_run_yaml(run_dir: str, text: str, state: dict):
+    """Runs saved by spksep 0.1: the separator as the run's yaml builds it."""
+    keys = ruamel.yaml.YAML().load(text)
+    unused = {k: None for k in _TRAINING_ONLY if k in keys}
+    if "loss" in keys:
+        unused["loss"] = None
+    separator = load_hyperpyyaml(text, overrides=unused)["separator"]
+    try:
+        separator.load_state_dict(state)
+    except RuntimeError:
+        raise SpkSepError(
+            f"{run_dir}: saved by an older spksep whose weights this version cannot load; "
+            "retrain it with recipes/LibriMix/separation/train.py"
+        ) from None
+    return separator
+
+
+def load_run(run_dir: str, device: str = "cpu"):
+    """Rebuild a trained separator from its run folder: the best checkpoint (lowest
+    validation loss) in ``save/`` gives both its description and its weights.
+
+    Returns ``(separator, sample_rate)``; the separator is in eval mode on ``device``.
+    """
+    text = _run_yaml(run_dir)
+    checkpointer = AtomicCheckpointer(os.path.join(run_dir, "save"), {}, clean=False)
+    ckpt = checkpointer.find_checkpoint(min_key="loss")
+    if ckpt is None or "separator" not in ckpt.paramfiles:
         raise SpkSepError(f"{run_dir}: no checkpoint in save/ (the run has not finished an epoch)")
-    return separator.to(device).eval(), int(hparams["sample_rate"])
+    path = ckpt.paramfiles["separator"]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or foreign file
+        raise SpkSepError(f"{path}: cannot read checkpoint ({type(err).__name__})") from None
+    if state.get("_extra_state"):
+        separator = separator_from_state(state, path)
+    else:
+        separator = _from_run_yaml(run_dir, text, state)
+    rate = ruamel.yaml.YAML().load(text).get("sample_rate")
+    if rate is None:
+        raise SpkSepError(f"{run_dir}/hyperparams.yaml: no sample_rate")
+    return separator.to(device).eval(), int(rate)
 
 
 def load_basic_model(run_dir: str, expected: dict = None):
-    """The trained separator of a baseline run, for the speaker-conditioned model (on CPU;
-    the Brain moves it with the rest).
+    """The trained separator of a run, as the conditioned model's basic model (on CPU; the
+    Brain moves it with the rest).
 
-    ``expected`` maps hparam names (``N``, ``num_spks``, ...) to the values the conditioned
-    yaml asks for; ``None`` values mean "whatever the run has". A mismatch is an error
-    rather than a silently different model.
+    ``expected`` maps constructor arguments (``N``, ``num_spks``, ...) to the values the
+    conditioned yaml asks for; ``None`` values mean "whatever the run has". They are
+    checked against the arguments the checkpoint recorded: a mismatch is an error rather
+    than a silently different model.
     """
     if not run_dir or not os.path.isdir(str(run_dir)):
         raise SpkSepError(
@@ -66,13 +99,18 @@ def load_basic_model(run_dir: str, expected: dict = None):
             "then pass --basic_model=RUN_DIR"
         )
     separator, _ = load_run(run_dir)
-    with open(os.path.join(run_dir, "hyperparams.yaml"), encoding="utf-8") as f:
-        text = f.read()
+    config = getattr(separator, "config", {})
     for key, want in (expected or {}).items():
-        found = re.search(rf"^{key}: *(\S+)", text, re.M)
-        if want is not None and found and str(want) != found.group(1):
+        if want is None:
+            continue
+        if key not in config:
             raise SpkSepError(
-                f"basic_model: {run_dir} was trained with {key}={found.group(1)}, "
+                f"basic_model: {run_dir} holds a {type(separator).__name__}, which has no "
+                f"{key} (set {key} to null)"
+            )
+        if config[key] != want:
+            raise SpkSepError(
+                f"basic_model: {run_dir} was trained with {key}={config[key]}, "
                 f"this yaml asks for {key}={want} (set it to null to take the run's)"
             )
     return separator
@@ -109,15 +147,13 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
 
 
 def _estimates(separator, mix: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """``mix [1, T]`` -> ``[T, C]`` (fp32) with any separator (plain tensor or tuple output).
+    """``mix [1, T]`` -> ``[T, C]`` (fp32) with any separator.
 
     ``precision="bf16"`` runs the separator under bf16 autocast: matrix products and
     convolutions in bf16, reductions and the models' residual sums in fp32.
     """
     with torch.autocast(mix.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         out = separator(mix)
-    if isinstance(out, tuple):  # the conditioned model's (estimates, intermediate)
-        out = out[0]
     return out[0].float()
 
 
@@ -189,6 +225,7 @@ def separate_files(files, run_dir: str, out_dir: str, device: str = "cpu",
     """
     precision = resolve_precision(precision, device)
     separator, model_rate = load_run(run_dir, device)
+    separator = fuse_for_inference(separator)
     written = []
     for path in files:
         wav, rate = read_any(path)  # [T, channels]

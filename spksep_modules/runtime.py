@@ -31,7 +31,27 @@ _M_MMAP_MAX = -4
 
 def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
     """Serve large blocks from the heap and keep up to ``trim_threshold`` bytes of freed
-    heap top for reuse. Returns whether it took effect (glibc only; else a no-op)."""
+    heap top for reuse. Returns whether it took effect (glibc only; else a no-op).
+
+    Arguments
+    ---------
+    trim_threshold : int
+        Bytes of freed memory at the top of the heap kept mapped (glibc's
+        ``M_TRIM_THRESHOLD``); default 1 GiB.
+
+    Returns
+    -------
+    bool
+        True when glibc accepted both settings; False (nothing changed) with
+        ``SPKSEP_MALLOC=system`` or on another C library.
+
+    Example
+    -------
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"SPKSEP_MALLOC": "system"}):
+    ...     keep_freed_memory()  # opted out: the allocator is left alone
+    False
+    """
     if os.environ.get("SPKSEP_MALLOC", "").lower() == "system":
         return False
     name = ctypes.util.find_library("c")

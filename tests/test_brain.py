@@ -6,6 +6,7 @@ import speechbrain as sb
 import torch
 
 from spksep_modules.brains import SeparationBrain
+from spksep_modules.losses import SeparationLoss
 
 
 class Padded(SimpleNamespace):
@@ -25,10 +26,10 @@ def make_batch(mix, sources):
 def brain():
     model = torch.nn.Conv1d(1, 2, 1)
     separator = lambda mix: model(mix[:, None]).transpose(1, 2)  # noqa: E731  [B, T, 2]
-    b = SeparationBrain(modules={"model": model}, opt_class=lambda p: torch.optim.SGD(p, lr=0.1),
+    b = SeparationBrain(modules={"model": model, "loss": SeparationLoss()},
+                        opt_class=lambda p: torch.optim.SGD(p, lr=0.1),
                         hparams={}, run_opts={"device": "cpu"})
-    b.modules.separator = SimpleNamespace(__call__=separator)
-    b.compute_forward = lambda batch, stage: {"estimates": separator(batch.mix_sig.data)}
+    b.compute_forward = lambda batch, stage: separator(batch.mix_sig.data)
     return b, model
 
 
@@ -42,7 +43,7 @@ def test_a_nan_mixture_skips_the_batch_and_is_counted():
     b.on_fit_batch_start(None, True)
     loss = b.compute_objectives(b.compute_forward(make_batch(mix, sources), None),
                                 make_batch(mix, sources), sb.Stage.TRAIN)
-    assert b.nonfinite_skipped == 1 and b.skip_step
+    assert b.nonfinite.skipped == 1 and b.nonfinite.skip_step
     # A zero that still touches every parameter (DDP's all-reduce stays in step).
     assert loss.item() == 0
     loss.backward()
@@ -59,6 +60,6 @@ def test_a_batch_with_no_finite_loss_makes_no_update():
     b.on_fit_batch_start(None, True)
     loss = b.compute_objectives(b.compute_forward(make_batch(mix, sources), None),
                                 make_batch(mix, sources), sb.Stage.TRAIN)
-    assert b.skip_step and b.nonfinite_skipped == 2 and loss.item() == 0 and loss.requires_grad
+    assert b.nonfinite.skip_step and b.nonfinite.skipped == 2 and loss.item() == 0 and loss.requires_grad
     b.optimizers_step()
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))

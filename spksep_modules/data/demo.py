@@ -248,6 +248,19 @@ def make_demo_data(
     Returns
     -------
     str: the ``Libri{num_spks}Mix`` folder (what ``--data_folder`` may point to).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     root = make_demo_data(tmp, 1, 1, 1, seconds=0.5, sample_rate=8000, num_train_speakers=2,
+    ...                           num_dev_speakers=2, num_test_speakers=2)
+    ...     split = os.path.join(root, "wav8k", "min", "train-100")
+    ...     name = os.listdir(os.path.join(split, "mix_clean"))[0]  # <spk>-<chapter>-<utt>_...
+    ...     mix, s1, s2 = (sf.read(os.path.join(split, sub, name), dtype="int16")[0]
+    ...                    for sub in ("mix_clean", "s1", "s2"))
+    >>> os.path.basename(root), mix.shape[0] >= 4000, bool((mix == s1 + s2).all())
+    ('Libri2Mix', True, True)
     """
     check_librimix_options(num_spks, sample_rate, mode)
     counts = {"train-100": (num_train, num_train_speakers), "dev": (num_dev, num_dev_speakers),

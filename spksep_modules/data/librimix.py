@@ -36,7 +36,26 @@ _FORMAT_VERSION = 1
 
 
 def check_librimix_options(num_spks, sample_rate, mode):
-    """The LibriMix variants that exist: 2 or 3 speakers, 8 or 16 kHz, min or max mode."""
+    """The LibriMix variants that exist: 2 or 3 speakers, 8 or 16 kHz, min or max mode.
+
+    Arguments
+    ---------
+    num_spks : int
+    sample_rate : int
+    mode : str
+
+    Returns
+    -------
+    None; a variant LibriMix does not have raises ``SpkSepError``.
+
+    Example
+    -------
+    >>> check_librimix_options(2, 16000, "min")  # exists: nothing happens
+    >>> check_librimix_options(2, 44100, "min")
+    Traceback (most recent call last):
+    ...
+    spksep_modules.SpkSepError: sample_rate: LibriMix comes at 8000 or 16000 Hz, got 44100
+    """
     if num_spks not in (2, 3):
         raise SpkSepError(f"num_spks: must be 2 or 3 (Libri2Mix / Libri3Mix), got {num_spks}")
     if sample_rate not in (8000, 16000):
@@ -78,6 +97,23 @@ def prepare_librimix(
     Returns
     -------
     dict name -> absolute path of the written CSV.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from spksep_modules.data.demo import make_demo_data
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     root = make_demo_data(tmp, 2, 1, 1, seconds=0.5, sample_rate=8000, num_train_speakers=2,
+    ...                           num_dev_speakers=2, num_test_speakers=2)  # tiny Libri2Mix
+    ...     csvs = prepare_librimix(root, os.path.join(tmp, "csv"), sample_rate=8000)
+    ...     with open(csvs["train"], newline="") as f:
+    ...         rows = list(csv.DictReader(f))
+    >>> sorted(csvs), len(rows), list(rows[0])
+    (['test', 'train', 'valid'], 2, ['ID', 'duration', 'mix_wav', 's1_wav', 's2_wav', 'spk1', 'spk2'])
+    >>> prepare_librimix("no_such_folder", "csv")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    spksep_modules.SpkSepError: .../no_such_folder: data folder not found
     """
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
     check_librimix_options(num_spks, sample_rate, mode)
@@ -122,7 +158,31 @@ def prepare_librimix(
 
 
 def speakers_from_mixture_id(mixture_id, num_spks, where):
-    """``"19-198-0001_1069-133699-0000"`` -> ``["19", "1069"]``; ``where`` names the source."""
+    """``"19-198-0001_1069-133699-0000"`` -> ``["19", "1069"]``; ``where`` names the source.
+
+    Arguments
+    ---------
+    mixture_id : str
+        LibriSpeech utterance IDs ``speaker-chapter-utterance`` joined by ``_``.
+    num_spks : int
+        How many utterance IDs the mixture ID must hold.
+    where : str
+        The file the ID comes from, named in the error message.
+
+    Returns
+    -------
+    list of str
+        ``num_spks`` speaker IDs, in source order.
+
+    Example
+    -------
+    >>> speakers_from_mixture_id("19-198-0001_1069-133699-0000", 2, "meta.csv")
+    ['19', '1069']
+    >>> speakers_from_mixture_id("19-198-0001_1069-133699-0000", 3, "meta.csv")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    spksep_modules.SpkSepError: meta.csv: mixture ID '19-198-0001_1069-133699-0000' does not hold 3 utterance IDs ...
+    """
     utterances = mixture_id.split("_")
     if len(utterances) != num_spks or not all(u.split("-")[0] for u in utterances):
         raise SpkSepError(

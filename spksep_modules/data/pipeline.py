@@ -58,6 +58,23 @@ def build_datasets(
     Returns
     -------
     dict name -> DynamicItemDataset with output keys ``id, mix_sig, sources, spk_ids``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from spksep_modules.data.demo import make_demo_data
+    >>> from spksep_modules.data.librimix import prepare_librimix
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     root = make_demo_data(tmp, 2, 1, 1, seconds=0.5, sample_rate=8000, num_train_speakers=2,
+    ...                           num_dev_speakers=2, num_test_speakers=2)  # tiny Libri2Mix
+    ...     datasets = build_datasets(prepare_librimix(root, tmp, 8000), 8000, 2, segment_seconds=0.25)
+    ...     item = datasets["train"][0]  # a random 0.25 s crop: 2000 samples
+    >>> sorted(datasets), item["mix_sig"].shape, item["sources"].shape, len(item["spk_ids"])
+    (['test', 'train', 'valid'], torch.Size([2000]), torch.Size([2000, 2]), 2)
+    >>> build_datasets({}, 8000, 2, short_policy="drop")
+    Traceback (most recent call last):
+    ...
+    spksep_modules.SpkSepError: short_policy: must be 'pad' or 'skip', got 'drop'
     """
     if short_policy not in ("pad", "skip"):
         raise SpkSepError(f"short_policy: must be 'pad' or 'skip', got {short_policy!r}")

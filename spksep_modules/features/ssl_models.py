@@ -36,6 +36,7 @@ from torch import nn
 from torchaudio.models import wav2vec2_model, wavlm_model
 
 from spksep_modules import SpkSepError
+from spksep_modules.checkpoints import check_state_dict
 
 SAMPLE_RATE = 16000
 KINDS = ("wav2vec2", "hubert", "wavlm")
@@ -69,6 +70,18 @@ class SSLFeatures(nn.Module):
         Zero-mean, unit-variance each waveform first, as the "large" models were trained.
         Done per utterance (fairseq normalises each file); torchaudio's bundle wrapper
         instead normalises the whole batch tensor at once.
+
+    Example
+    -------
+    >>> tiny = wav2vec2_model(  # the standard conv encoder with 16 channels, 2 small layers
+    ...     extractor_mode="group_norm", extractor_conv_layer_config=[
+    ...         (16, k, s) for k, s in zip(_STANDARD_CONV_KERNELS, _STANDARD_CONV_STRIDES)],
+    ...     extractor_conv_bias=False, encoder_embed_dim=32, encoder_pos_conv_kernel=8,
+    ...     encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=4,
+    ...     encoder_ff_interm_features=48, encoder_layer_norm_first=False, **_NO_DROPOUT)
+    >>> feats = SSLFeatures(tiny, layer=1).eval()
+    >>> feats(torch.randn(2, 16000)).shape, feats.hop  # 320 samples per frame
+    (torch.Size([2, 49, 32]), 320)
     """
 
     sample_rate = SAMPLE_RATE
@@ -101,6 +114,20 @@ def infer_config(state, wavlm):
     ``(kwargs, normalize_waveform)``. Entries shapes cannot give are left out when unknown
     (``extractor_conv_layer_config`` for non-standard kernels, ``encoder_num_heads`` for an
     unusual width): the caller then needs them from the JSON file.
+
+    Example
+    -------
+    >>> tiny = wav2vec2_model(  # the standard conv encoder with 16 channels, 2 small layers
+    ...     extractor_mode="group_norm", extractor_conv_layer_config=[
+    ...         (16, k, s) for k, s in zip(_STANDARD_CONV_KERNELS, _STANDARD_CONV_STRIDES)],
+    ...     extractor_conv_bias=False, encoder_embed_dim=32, encoder_pos_conv_kernel=8,
+    ...     encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=4,
+    ...     encoder_ff_interm_features=48, encoder_layer_norm_first=False, **_NO_DROPOUT)
+    >>> kwargs, normalize = infer_config(tiny.state_dict(), wavlm=False)
+    >>> kwargs["encoder_num_layers"], kwargs["encoder_embed_dim"], normalize
+    (2, 32, False)
+    >>> "encoder_num_heads" in kwargs  # not a standard width: needs the JSON file
+    False
     """
     convs = []
     while f"feature_extractor.conv_layers.{len(convs)}.conv.weight" in state:
@@ -193,6 +220,23 @@ def load_ssl(kind, path, layer=None):
         Transformer layer to return (1-based); None = last.
 
     Returns :class:`SSLFeatures` in eval mode. Problems raise :class:`SpkSepError`, one line.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> tiny = wav2vec2_model(  # the standard conv encoder with 16 channels, 2 small layers
+    ...     extractor_mode="group_norm", extractor_conv_layer_config=[
+    ...         (16, k, s) for k, s in zip(_STANDARD_CONV_KERNELS, _STANDARD_CONV_STRIDES)],
+    ...     extractor_conv_bias=False, encoder_embed_dim=32, encoder_pos_conv_kernel=8,
+    ...     encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=4,
+    ...     encoder_ff_interm_features=48, encoder_layer_norm_first=False, **_NO_DROPOUT)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     torch.save(tiny.state_dict(), os.path.join(folder, "tiny.pth"))
+    ...     with open(os.path.join(folder, "tiny.json"), "w") as f:  # what shapes cannot tell
+    ...         json.dump({"encoder_num_heads": 4}, f)
+    ...     feats = load_ssl("wav2vec2", os.path.join(folder, "tiny.pth"), layer=1)
+    >>> feats(torch.randn(2, 16000)).shape
+    torch.Size([2, 49, 32])
     """
     path = os.fspath(path)
     if kind not in KINDS:
@@ -220,22 +264,10 @@ def load_ssl(kind, path, layer=None):
         model = factory(**kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as err:
         raise SpkSepError(f"{path}: cannot build the model ({str(err).splitlines()[0]})") from None
-    _check_state_dict(model, state, path)
+    check_state_dict(model, state, path, f"a {kind} state dict of the inferred architecture")
     model.load_state_dict(state, strict=True)
     try:
         return SSLFeatures(model, layer=layer, normalize_waveform=normalize).eval()
     except ValueError as err:
         raise SpkSepError(f"{path}: {err}") from None
 
-
-def _check_state_dict(model, state, path):
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise SpkSepError(f"{path}: weights do not match the inferred architecture "
-                          f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
-    for key, ref in expected.items():
-        if state[key].shape != ref.shape:
-            raise SpkSepError(f"{path}: weight {key} has shape {tuple(state[key].shape)}, "
-                              f"expected {tuple(ref.shape)}")

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spksep_modules import SpkSepError
+from spksep_modules.checkpoints import check_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,11 @@ def parse_layers(spec):
     fairseq stores specs as Python expressions such as ``"[(512, 10, 5)] + [(512, 4, 2)] * 3"``
     and ``eval``-s them; here only list/tuple literals of integers, ``+`` and ``*`` are
     accepted, so a checkpoint cannot run code. Lists of tuples pass through.
+
+    Example
+    -------
+    >>> parse_layers("[(512, 10, 5)] + [(512, 4, 2)] * 2")
+    [(512, 10, 5), (512, 4, 2), (512, 4, 2)]
     """
     if not isinstance(spec, str):
         layers = [tuple(int(v) for v in layer) for layer in spec]
@@ -119,7 +125,13 @@ def _eval_layers(node):
 
 
 class Fp32GroupNorm(nn.GroupNorm):
-    """GroupNorm computed in float32 (as fairseq's), so half-precision inputs stay stable."""
+    """GroupNorm computed in float32 (as fairseq's), so half-precision inputs stay stable.
+
+    Example
+    -------
+    >>> Fp32GroupNorm(1, 4)(torch.randn(2, 4, 10).half()).dtype  # computed in float32
+    torch.float16
+    """
 
     def forward(self, x):
         weight = self.weight.float() if self.weight is not None else None
@@ -128,7 +140,13 @@ class Fp32GroupNorm(nn.GroupNorm):
 
 
 class CausalPad(nn.Module):
-    """Left-pads ``[batch, channels, time]`` by ``k - 1`` frames, replicating or with zeros."""
+    """Left-pads ``[batch, channels, time]`` by ``k - 1`` frames, replicating or with zeros.
+
+    Example
+    -------
+    >>> CausalPad(2, zero=False)(torch.tensor([[[1.0, 2.0, 3.0]]]))
+    tensor([[[1., 1., 1., 2., 3.]]])
+    """
 
     def __init__(self, amount: int, zero: bool):
         super().__init__()
@@ -154,6 +172,14 @@ class FeatureExtractor(nn.Module):
 
     Block ``i`` is ``conv_layers.i = Sequential(conv, -, norm, act)``; slot 1 is fairseq's
     dropout (always 0 there), kept as Identity so the norm's keys stay ``conv_layers.i.2.*``.
+
+    Example
+    -------
+    >>> enc = FeatureExtractor([(8, 10, 5), (8, 4, 2)], log_compression=True,
+    ...                        skip_connections=False, residual_scale=0.5,
+    ...                        non_affine_group_norm=False, activation="relu")
+    >>> enc(torch.randn(2, 1000)).shape  # 10 samples per frame
+    torch.Size([2, 8, 98])
     """
 
     def __init__(self, layers, log_compression, skip_connections, residual_scale,
@@ -193,6 +219,14 @@ class ConvAggregator(nn.Module):
     Block ``i`` is ``conv_layers.i = Sequential(pad, conv, -, norm, act)``; the left padding
     of ``k - 1`` frames makes every output frame depend only on the present and the past.
     With skip connections, a 1x1 ``residual_proj.i`` maps the residual when channels change.
+
+    Example
+    -------
+    >>> agg = ConvAggregator([(8, 2, 1), (12, 3, 1)], embed=8, skip_connections=True,
+    ...                      residual_scale=0.5, non_affine_group_norm=False, conv_bias=True,
+    ...                      zero_pad=False, activation="relu")
+    >>> agg(torch.randn(2, 8, 50)).shape  # causal: as many frames out as in
+    torch.Size([2, 12, 50])
     """
 
     def __init__(self, layers, embed, skip_connections, residual_scale,
@@ -250,6 +284,13 @@ class Wav2Vec1(nn.Module):
         "relu" or "gelu".
     output : str
         "c" (context network, the usual downstream features) or "z" (encoder).
+
+    Example
+    -------
+    >>> net = Wav2Vec1(conv_feature_layers=[(8, 10, 5), (8, 8, 4)] + [(8, 4, 2)] * 3,
+    ...                conv_aggregator_layers=[(12, 2, 1), (12, 3, 1)])
+    >>> net(torch.randn(2, 16000)).shape, net.hop  # 160 samples per frame, as the large model
+    (torch.Size([2, 98, 12]), 160)
     """
 
     sample_rate = SAMPLE_RATE
@@ -304,6 +345,15 @@ def load_checkpoint(path):
     scalars allowed. If the file pickles anything else (e.g. optimiser state with other
     classes) it falls back to a full unpickle, which can run code from the file: only point
     this at checkpoints you trust (such as fairseq's own releases).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = os.path.join(folder, "w2v.pt")
+    ...     torch.save({"args": argparse.Namespace(arch="wav2vec"), "model": {}}, path)
+    ...     sorted(load_checkpoint(path))
+    ['args', 'model']
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -370,6 +420,19 @@ def load_wav2vec1(path, output="c"):
     ``path`` is e.g. fairseq's ``wav2vec_large.pt``. ``output`` picks "c" (context
     features, default) or "z" (encoder features). See :func:`load_checkpoint` about trust.
     Every problem raises :class:`SpkSepError` with one line naming ``path``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> layers = dict(conv_feature_layers="[(8, 10, 5)] + [(8, 8, 4)] + [(8, 4, 2)] * 3",
+    ...               conv_aggregator_layers="[(12, 3, 1)] * 2")
+    >>> weights = Wav2Vec1(**layers).state_dict()
+    >>> with tempfile.TemporaryDirectory() as folder:  # fairseq's hydra layout
+    ...     path = os.path.join(folder, "w2v.pt")
+    ...     torch.save({"cfg": {"model": {"_name": "wav2vec", **layers}}, "model": weights}, path)
+    ...     net = load_wav2vec1(path, output="z")
+    >>> net(torch.randn(2, 16000)).shape  # encoder features, 100 frames/s
+    torch.Size([2, 98, 8])
     """
     path = os.fspath(path)
     if output not in ("z", "c"):
@@ -395,24 +458,7 @@ def load_wav2vec1(path, output="c"):
     except (ValueError, SyntaxError, TypeError) as err:
         raise SpkSepError(f"{path}: bad wav2vec config ({str(err).splitlines()[0]})") from None
     state = {k: v for k, v in ckpt["model"].items() if not k.startswith(_TRAINING_ONLY_PREFIXES)}
-    check_state_dict(model, state, path)
+    check_state_dict(model, state, path, "a wav2vec 1.0 checkpoint matching its config")
     model.load_state_dict(state, strict=True)
     return model.eval()
 
-
-def check_state_dict(model, state, path):
-    """Raise a one-line SpkSepError unless ``state`` matches ``model``'s keys and shapes."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing:
-        raise SpkSepError(f"{path}: {len(missing)} weights missing, e.g. {missing[:3]} "
-                          "(checkpoint does not match its config)")
-    if unexpected:
-        raise SpkSepError(f"{path}: {len(unexpected)} unexpected weights, e.g. {unexpected[:3]}")
-    for key, ref in expected.items():
-        got = state[key]
-        if not torch.is_tensor(got) or got.shape != ref.shape:
-            shape = tuple(got.shape) if torch.is_tensor(got) else type(got).__name__
-            raise SpkSepError(f"{path}: weight {key} has shape {shape}, "
-                              f"expected {tuple(ref.shape)}")

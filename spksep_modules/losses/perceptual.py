@@ -10,7 +10,13 @@ aligned to the clean sources by PIT:
 - ``D_pos``, ``D_neg``: means over the batch and its sources      (eq. 5)
 - weighted-sum: ``l1 * D_pos + l2 / D_neg``                       (eq. 6)
 - triplet-like: ``mean relu(dist_pos - dist_neg + alpha)``        (eq. 8)
-- total: ``lb * L_basic + lp * L_perc``                           (eq. 9)
+- total: ``lb * L_basic + lp * L_perc``                           (eq. 9, ``SeparationLoss``)
+
+Each of the paper's perceptual models is one small class over the shared distance code
+(:class:`PerceptualTerm`): :class:`WeightedSum`, :class:`TripletLike`, and the Table II
+ablations :class:`PositiveOnly` and :class:`NegativeOnly`. A term maps PIT-aligned
+estimates and clean sources to ``{"perceptual": L_perc, "D_pos": ..., "D_neg": ...}``;
+:class:`spksep_modules.losses.SeparationLoss` weighs it against the uPIT SI-SNR loss.
 """
 
 import torch
@@ -92,108 +98,139 @@ def triplet_like_loss(dist_pos, dist_neg, alpha: float = 0.0035):
     return torch.relu(dist_pos - dist_neg + alpha).mean()
 
 
-class PerceptualLoss(nn.Module):
-    """Basic loss plus a perceptual loss on a frozen representation (eq. 9).
+class PerceptualTerm(nn.Module):
+    """Distances between frozen features of estimates and clean sources (eqs. 3-5).
+
+    Subclasses say how the per-source distances make one loss (``combine``).
 
     Arguments
     ---------
     representation : nn.Module
         Maps ``wav [N, time]`` to features ``[N, frames, dim]``. It must already be frozen
         by its owner (eval mode, ``requires_grad=False``; see
-        ``spksep_modules.features.frozen.Frozen``); gradients still pass through it to
-        the estimates.
-    kind : str
-        ``"weighted_sum"`` (P weighted-sum), ``"triplet_like"`` (P triplet-like), or the
-        paper's Table II ablations ``"pos"`` (basic + l1 * D_pos) and ``"neg"``
-        (basic + l2 / D_neg).
-    lb, lp : float
-        Weights of the basic and the perceptual loss.
-    l1, l2 : float
-        Weights of D_pos and 1 / D_neg.
-    alpha : float
-        Triplet margin.
-    neg_floor : float
-        Floor on D_neg inside ``l2 / D_neg`` (see ``NEG_FLOOR``).
+        ``spksep_modules.nnet.frozen.Frozen``); gradients still pass through it to the
+        estimates.
     """
 
-    KINDS = ("weighted_sum", "triplet_like", "pos", "neg")
-
-    def __init__(
-        self,
-        representation: nn.Module,
-        kind: str,
-        lb: float = 1.0,
-        lp: float = 1.0,
-        l1: float = 100.0,
-        l2: float = 1e-3,
-        alpha: float = 0.0035,
-        neg_floor: float = NEG_FLOOR,
-    ):
+    def __init__(self, representation: nn.Module):
         super().__init__()
-        if kind not in self.KINDS:
-            raise ValueError(f"PerceptualLoss: kind must be one of {self.KINDS}, got {kind!r}")
         trainable = [name for name, p in representation.named_parameters() if p.requires_grad]
         if trainable:
             # Otherwise the optimiser would update the representation through this loss.
             raise ValueError(
-                "PerceptualLoss: the representation has trainable parameters "
-                f"({trainable[0]}, ...); "
-                "freeze it first (spksep_modules.features.frozen.Frozen)"
+                f"{type(self).__name__}: the representation has trainable parameters "
+                f"({trainable[0]}, ...); freeze it first (spksep_modules.nnet.frozen.Frozen)"
             )
         self.representation = representation
-        self.kind = kind
-        self.lb, self.lp = float(lb), float(lp)
-        self.l1, self.l2 = float(l1), float(l2)
-        self.alpha = float(alpha)
-        self.neg_floor = float(neg_floor)
 
-    def _features(self, wav: torch.Tensor) -> torch.Tensor:
+    def features(self, wav: torch.Tensor) -> torch.Tensor:
         """``[B, time, C]`` -> ``[B, C, frames, dim]`` in one call on ``B * C`` waveforms."""
         batch, time, num_spks = wav.shape
         feats = self.representation(wav.transpose(1, 2).reshape(batch * num_spks, time))
         if feats.dim() != 3:
             raise ValueError(
-                "PerceptualLoss: representation must return [N, frames, dim], got "
+                f"{type(self).__name__}: representation must return [N, frames, dim], got "
                 f"{tuple(feats.shape)}"
             )
         return feats.reshape(batch, num_spks, *feats.shape[1:])
 
-    def forward(
-        self, est_aligned: torch.Tensor, ref: torch.Tensor, basic_loss: torch.Tensor
-    ) -> dict:
-        """
-        Arguments
-        ---------
-        est_aligned : torch.Tensor
-            ``[batch, time, num_spks]`` estimates in reference order (from PIT).
-        ref : torch.Tensor
-            ``[batch, time, num_spks]`` clean sources.
-        basic_loss : torch.Tensor
-            Scalar basic loss (uPIT negative SI-SNR).
+    def combine(self, dist_pos: torch.Tensor, dist_neg: torch.Tensor) -> torch.Tensor:
+        """``[batch, num_spks]`` distances -> the scalar perceptual loss L_perc."""
+        raise NotImplementedError
 
-        Returns
-        -------
-        dict
-            ``loss`` (total, eq. 9), ``perceptual`` (L_perc, unweighted by lp), and
-            detached scalars ``D_pos``, ``D_neg`` for logging.
-        """
-        feat_est = self._features(est_aligned)
+    def forward(self, est_aligned: torch.Tensor, ref: torch.Tensor) -> dict:
+        """``est_aligned, ref [batch, time, num_spks]`` (estimates in reference order) ->
+        ``{"perceptual": L_perc, "D_pos", "D_neg"}`` (the distances detached, to log)."""
+        feat_est = self.features(est_aligned)
         with torch.no_grad():
-            feat_ref = self._features(ref)
+            feat_ref = self.features(ref)
         dist_pos, dist_neg = perceptual_distances(feat_est, feat_ref)
-
-        if self.kind == "weighted_sum":
-            perceptual = weighted_sum_loss(dist_pos, dist_neg, self.l1, self.l2, self.neg_floor)
-        elif self.kind == "triplet_like":
-            perceptual = triplet_like_loss(dist_pos, dist_neg, self.alpha)
-        elif self.kind == "pos":
-            perceptual = self.l1 * dist_pos.mean()
-        else:  # "neg"
-            perceptual = self.l2 / dist_neg.mean().clamp(min=self.neg_floor)
-
         return {
-            "loss": self.lb * basic_loss + self.lp * perceptual,
-            "perceptual": perceptual,
+            "perceptual": self.combine(dist_pos, dist_neg),
             "D_pos": dist_pos.mean().detach(),
             "D_neg": dist_neg.mean().detach(),
         }
+
+
+class WeightedSum(PerceptualTerm):
+    """P weighted-sum: ``l1 * D_pos + l2 / D_neg`` (eq. 6); paper: l1 100, l2 0.001.
+
+    Example
+    -------
+    >>> term = WeightedSum(ToyFeatures(), l1=1.0, l2=1.0)
+    >>> ref = torch.randn(2, 400, 2)
+    >>> bool(term(ref, ref)["D_pos"] == 0), sorted(term(ref, ref))
+    (True, ['D_neg', 'D_pos', 'perceptual'])
+    """
+
+    def __init__(self, representation, l1: float = 100.0, l2: float = 1e-3,
+                 neg_floor: float = NEG_FLOOR):
+        super().__init__(representation)
+        self.l1, self.l2, self.neg_floor = float(l1), float(l2), float(neg_floor)
+
+    def combine(self, dist_pos, dist_neg):
+        return weighted_sum_loss(dist_pos, dist_neg, self.l1, self.l2, self.neg_floor)
+
+
+class TripletLike(PerceptualTerm):
+    """P triplet-like: ``mean relu(dist_pos - dist_neg + alpha)`` (eq. 8); paper: alpha
+    0.0035 (with lp 300).
+
+    Example
+    -------
+    >>> ref = torch.randn(2, 400, 2)
+    >>> float(TripletLike(ToyFeatures(), alpha=0.5)(ref, ref)["perceptual"])  # pos 0 < neg
+    0.0
+    """
+
+    def __init__(self, representation, alpha: float = 0.0035):
+        super().__init__(representation)
+        self.alpha = float(alpha)
+
+    def combine(self, dist_pos, dist_neg):
+        return triplet_like_loss(dist_pos, dist_neg, self.alpha)
+
+
+class PositiveOnly(PerceptualTerm):
+    """Table II ablation: the weighted sum without its negative term, ``l1 * D_pos``.
+
+    Example
+    -------
+    >>> ref = torch.randn(2, 400, 2)
+    >>> float(PositiveOnly(ToyFeatures())(ref, ref)["perceptual"])
+    0.0
+    """
+
+    def __init__(self, representation, l1: float = 100.0):
+        super().__init__(representation)
+        self.l1 = float(l1)
+
+    def combine(self, dist_pos, dist_neg):
+        return self.l1 * dist_pos.mean()
+
+
+class NegativeOnly(PerceptualTerm):
+    """Table II ablation: the weighted sum without its positive term, ``l2 / D_neg``.
+
+    Example
+    -------
+    >>> ref = torch.randn(2, 400, 2)
+    >>> bool(NegativeOnly(ToyFeatures(), l2=1.0)(ref, ref)["perceptual"] > 0)
+    True
+    """
+
+    def __init__(self, representation, l2: float = 1e-3, neg_floor: float = NEG_FLOOR):
+        super().__init__(representation)
+        self.l2, self.neg_floor = float(l2), float(neg_floor)
+
+    def combine(self, dist_pos, dist_neg):
+        return self.l2 / dist_neg.mean().clamp(min=self.neg_floor)
+
+
+class ToyFeatures(nn.Module):
+    """A parameter-free stand-in representation for examples and tests: 80-sample frames
+    as feature vectors, ``wav [N, time] -> [N, time // 80, 80]``."""
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        frames = wav.shape[-1] // 80
+        return wav[:, : frames * 80].reshape(wav.shape[0], frames, 80)

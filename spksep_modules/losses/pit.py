@@ -7,7 +7,6 @@ same values but loops over the examples of a batch and over the permutations in 
 """
 
 import torch
-from torch import nn
 
 from spksep_modules.metrics import best_permutations, pairwise_si_snr
 
@@ -30,6 +29,13 @@ def pit_si_snr(est: torch.Tensor, ref: torch.Tensor):
         reference ``i``.
     perm : torch.Tensor
         ``[batch, num_spks]`` long: ``perm[b, i]`` is the index of that estimate in ``est``.
+
+    Example
+    -------
+    >>> ref = torch.randn(2, 800, 2)
+    >>> neg, aligned, perm = pit_si_snr(ref.flip(-1), ref)   # estimates in swapped order
+    >>> perm.tolist(), bool((neg < -100).all()), torch.equal(aligned, ref)
+    ([[1, 0], [1, 0]], True, True)
     """
     if est.shape != ref.shape or est.dim() != 3:
         raise ValueError(
@@ -42,46 +48,3 @@ def pit_si_snr(est: torch.Tensor, ref: torch.Tensor):
     best_score, perm = best_permutations(pairwise)  # [B], [B, C]
     est_aligned = torch.gather(est, 2, perm.unsqueeze(1).expand(-1, est.shape[1], -1))
     return -best_score, est_aligned, perm
-
-
-class PITSISNRLoss(nn.Module):
-    """uPIT negative SI-SNR loss, the training objective of every model here.
-
-    Non-finite values are not handled here: the Brain checks the loss, skips the batch
-    and counts it (SpeechBrain's ``check_loss_isfinite``), so this module stays a pure
-    function of its inputs.
-
-    Example
-    -------
-    >>> loss_fn = PITSISNRLoss()
-    >>> ref = torch.randn(2, 800, 2)
-    >>> out = loss_fn(ref.flip(-1) + 0.01 * torch.randn(2, 800, 2), ref)
-    >>> bool(out["si_snr"] > 30)
-    True
-    """
-
-    def forward(self, est: torch.Tensor, ref: torch.Tensor) -> dict:
-        """
-        Arguments
-        ---------
-        est, ref : torch.Tensor
-            ``[batch, time, num_spks]``.
-
-        Returns
-        -------
-        dict
-            ``loss``: scalar mean over the batch (to minimise);
-            ``si_snr``: scalar mean SI-SNR in dB, detached (for logging);
-            ``est_aligned``: ``[batch, time, num_spks]`` estimates in reference order;
-            ``perm``: ``[batch, num_spks]`` the chosen assignment;
-            ``per_example``: ``[batch]`` loss of each example.
-        """
-        per_example, est_aligned, perm = pit_si_snr(est, ref)
-        loss = per_example.mean()
-        return {
-            "loss": loss,
-            "si_snr": -loss.detach(),
-            "est_aligned": est_aligned,
-            "perm": perm,
-            "per_example": per_example,
-        }

@@ -1,8 +1,12 @@
-"""Separation models and the RawNet2 speaker network."""
+"""Separators: every family fits the contract of ``models.base``."""
 
+from spksep_modules.models.base import Separator, SeparatorOutput, separator_from_state
 from spksep_modules.models.conditioned import ConditionedSeparator, WavesplitStack
 from spksep_modules.models.conv_tasnet import ConvTasNet
 from spksep_modules.models.film import FiLM, FiLMGenerator
-from spksep_modules.models.rawnet2 import RawNet2
+from spksep_modules.models.fused import fuse_for_inference
 
-__all__ = ["ConvTasNet", "ConditionedSeparator", "WavesplitStack", "FiLM", "FiLMGenerator", "RawNet2"]
+__all__ = [
+    "ConditionedSeparator", "ConvTasNet", "FiLM", "FiLMGenerator", "Separator",
+    "SeparatorOutput", "WavesplitStack", "fuse_for_inference", "separator_from_state",
+]

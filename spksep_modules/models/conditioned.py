@@ -44,50 +44,18 @@ re-separates from scratch. ``estimate_cue=False`` gives the paper's literal read
 """
 
 import copy
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from spksep_modules import SpkSepError
-from spksep_modules.features.frozen import Frozen
-from spksep_modules.models.conv_tasnet import (
-    as_batch,
-    encode_padded,
-    overlap_add_decode,
-    widen_under_autocast,
-)
+from spksep_modules.models.base import Separator, SeparatorOutput, as_batch
 from spksep_modules.models.film import FiLM, FiLMGenerator
-
-
-class ChannelNorm(nn.Module):
-    """Normalises each frame over its channels (no learned affine): ``[B, Ch, T]``.
-
-    The causal stack's norm: it must not look at future frames.
-    """
-
-    def __init__(self, eps: float = 1e-8):
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
-        return (x - mean) * torch.rsqrt(var + self.eps)
-
-
-def _norm(channels: int, causal: bool) -> nn.Module:
-    # Global layer norm (over channels and frames, Conv-TasNet's choice) when the whole
-    # signal is visible; per-frame channel norm when the model must stay causal. No
-    # learned affine: a (conditional or 1x1-conv) affine map always follows.
-    if causal:
-        return ChannelNorm()
-    return nn.GroupNorm(1, channels, eps=1e-8, affine=False)
-
-
-def _inference(x: torch.Tensor) -> bool:
-    # In-place fused layers are safe only where autograd records nothing.
-    return not torch.is_grad_enabled() and x.device.type == "cpu"
+from spksep_modules.nnet.filterbank import encode_padded, overlap_add_decode
+from spksep_modules.nnet.frozen import Frozen
+from spksep_modules.nnet.norms import plain_norm
+from spksep_modules.nnet.precision import widen_under_autocast
 
 
 class ConditionedLayer(nn.Module):
@@ -96,6 +64,12 @@ class ConditionedLayer(nn.Module):
     The norm has no affine of its own: FiLM is its (speaker-conditional) affine, as in
     conditional batch/layer norm; it keeps the 40-layer residual stack's activations at
     a steady scale. ``x [B, Ch, T]``, ``scale, shift [B, Ch]`` -> ``[B, Ch, T]``.
+
+    Example
+    -------
+    >>> layer = ConditionedLayer(channels=8, kernel_size=3, dilation=4, causal=False)
+    >>> layer(torch.randn(2, 8, 50), torch.ones(2, 8), torch.zeros(2, 8)).shape
+    torch.Size([2, 8, 50])
     """
 
     def __init__(self, channels: int, kernel_size: int, dilation: int, causal: bool):
@@ -108,27 +82,13 @@ class ConditionedLayer(nn.Module):
         if self.pad[0] == self.pad[1]:
             inner, self.pad = self.pad[0], None
         self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation, padding=inner)
-        self.norm = _norm(channels, causal)
+        self.norm = plain_norm(channels, causal)
         self.film = FiLM()
         self.act = nn.PReLU()
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         y = self.conv(x if self.pad is None else F.pad(x, self.pad))
-        if isinstance(self.norm, nn.GroupNorm) and _inference(x):
-            return x.add_(self._norm_film_act_(y, scale, shift))
         return x + self.act(self.film(self.norm(y), scale, shift))
-
-    def _norm_film_act_(self, y, scale, shift):
-        """``act(film(norm(y)))`` in place, without autograd: the norm (per example) and
-        FiLM together are one per-channel affine map, applied in one pass."""
-        n = y[0].numel()
-        wide = y.to(torch.promote_types(y.dtype, torch.float32))
-        mean = wide.sum((1, 2)) / n  # [B]; E[y^2] - E[y]^2, as in Conv-TasNet's inference
-        var = (torch.linalg.vector_norm(wide, dim=(1, 2)).square() / n - mean.square())
-        gain = scale * torch.rsqrt(var.clamp_min(0) + self.norm.eps)[:, None]  # [B, Ch]
-        offset = shift - gain * mean[:, None]
-        torch.addcmul(offset[..., None].to(y.dtype), y, gain[..., None].to(y.dtype), out=y)
-        return F.leaky_relu(y, float(self.act.weight), inplace=True)
 
 
 class WavesplitStack(nn.Module):
@@ -211,27 +171,18 @@ class WavesplitStack(nn.Module):
         return self.out(h)
 
 
-class SeparatorOutput(NamedTuple):
-    """What :class:`ConditionedSeparator` returns; unpacks as ``est, inter = model(mix)``."""
-
-    estimates: torch.Tensor
-    """Final estimates, ``[B, T, C]``, in the order of the embeddings (and of ``intermediate``)."""
-    intermediate: torch.Tensor
-    """The basic model's estimates, ``[B, T, C]``."""
-
-
-class ConditionedSeparator(nn.Module):
+class ConditionedSeparator(Separator):
     """Speaker-conditioned separation: basic model + speaker network + FiLM'd stack.
 
     See the module docstring for the pipeline and its design.
 
     Arguments
     ---------
-    basic_model : nn.Module
-        ``forward(mix [B, T]) -> [B, T, C]``, with ``encoder`` (``[B, 1, T] ->
-        [B, N, F]`` filterbank, kernel L and stride L/2) and ``decoder`` (``[B, N, F] ->
-        [B, 1, T']``) modules; Conv-TasNet. Its encoder and decoder are *copied* into the
-        separation module, so they can train even when the basic model is frozen.
+    basic_model : Separator
+        Any separator (``models.base``: ``forward(mix [B, T]) -> [B, T, C]`` with an
+        ``encoder`` filterbank ``[B, 1, T] -> [B, N, F]``, kernel L, stride L/2, and a
+        ``decoder`` ``[B, N, F] -> [B, 1, T']``). Its encoder and decoder are *copied* into
+        the separation module, so they can train even when the basic model is frozen.
     speaker_net : nn.Module
         ``embed(wav [N, T]) -> [N, D]`` with an ``embedding_dim`` attribute (or a
         :class:`Frozen` around such a network). A bare network is wrapped in ``Frozen``
@@ -261,7 +212,19 @@ class ConditionedSeparator(nn.Module):
     mask_activation : str
         ``"relu"`` (Conv-TasNet's masks, unbounded above) or ``"sigmoid"``.
 
-    ``forward(mix [B, T]) -> SeparatorOutput(estimates [B, T, C], intermediate [B, T, C])``.
+    ``forward(mix [B, T]) -> SeparatorOutput``: final estimates ``[B, T, C]`` (in the
+    order of the intermediate ones) with ``extras["intermediate"]``, the basic model's.
+
+    Example
+    -------
+    >>> from spksep_modules.models import ConvTasNet
+    >>> from spksep_modules.speakers.ge2e import load_ge2e
+    >>> basic = ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1)
+    >>> model = ConditionedSeparator(basic, load_ge2e(), stack_channels=8, num_layers=2,
+    ...                              layers_per_group=2, film_hidden=8)
+    >>> out = model(torch.randn(2, 8000))
+    >>> out.shape, out.extras["intermediate"].shape
+    (torch.Size([2, 8000, 2]), torch.Size([2, 8000, 2]))
     """
 
     def __init__(
@@ -323,7 +286,7 @@ class ConditionedSeparator(nn.Module):
                 "basic_model: encoder and decoder differ in kernel size or stride"
             )
 
-        self.enc_norm = _norm(enc_dim, causal)
+        self.enc_norm = plain_norm(enc_dim, causal)
         cond_dim = self.embedding_dim * (2 if self.interferer_context else 1)
         self.film_generator = FiLMGenerator(
             cond_dim, num_layers, stack_channels, hidden=film_hidden
@@ -343,10 +306,8 @@ class ConditionedSeparator(nn.Module):
     # ----------------------------------------------------------------- pieces
     def separate_basic(self, mix: torch.Tensor) -> torch.Tensor:
         """The basic model: ``mix [B, T]`` -> intermediate estimates ``[B, T, C]``."""
-        if self.freeze_basic_model:
-            with torch.no_grad():
-                return self.basic_model(mix)
-        return self.basic_model(mix)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_basic_model):
+            return self.basic_model(mix).as_subclass(torch.Tensor)
 
     def embed(self, estimates: torch.Tensor) -> torch.Tensor:
         """``estimates [B, T, C]`` -> unit-norm speaker embeddings ``[B, C, D]``.
@@ -414,8 +375,8 @@ class ConditionedSeparator(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, mix: torch.Tensor) -> SeparatorOutput:
-        """``mix [B, T]`` (or ``[T]``) -> ``SeparatorOutput(estimates [B, T, C],
-        intermediate [B, T, C])``."""
+        """``mix [B, T]`` (or ``[T]``) -> estimates ``[B, T, C]`` with
+        ``extras["intermediate"]``."""
         mix = as_batch(mix, "ConditionedSeparator")
         intermediate = self.separate_basic(mix)
         if intermediate.shape[-1] != self.num_spks:
@@ -428,4 +389,4 @@ class ConditionedSeparator(nn.Module):
         for _ in range(self.refine_iterations):
             emb = self.embed(estimates)
             estimates = self.separate_conditioned(enc, emb, estimates)
-        return SeparatorOutput(estimates, intermediate)
+        return SeparatorOutput.of(estimates, intermediate=intermediate)

@@ -5,7 +5,7 @@
     torchrun --standalone --nproc_per_node=2 train.py hparams/conditioning.yaml ...
     python train.py hparams/convtasnet.yaml --data_folder=... --test_only   # evaluate a run
 
-Every model is a yaml file; this script only wires data, Brain and checkpointer together.
+Every model is a yaml file (see spksep_modules/recipe.py for `extends`); this script only wires data, Brain and checkpointer together.
 """
 
 import os
@@ -17,18 +17,14 @@ from spksep_modules.brains import SeparationBrain
 from spksep_modules.checkpoints import AtomicCheckpointer
 from spksep_modules.data.librimix import prepare_librimix
 from spksep_modules.data.pipeline import build_datasets
-from spksep_modules.recipe import load_hparams, run
+from spksep_modules.recipe import load_hparams, run, start_run
 
 
 def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams = load_hparams(hparams_file, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    start_run(hparams_file, overrides, hparams["output_folder"])
 
     # CSVs are written once (by the main process) and reused while the data is unchanged;
     # every process gets their paths back.
@@ -52,9 +48,9 @@ def main(argv):
         valid_segment_seconds=hparams["valid_segment_seconds"],
     )
 
-    modules = {"separator": hparams["separator"]}
-    if hparams.get("perceptual_loss") is not None:
-        modules["perceptual_loss"] = hparams["perceptual_loss"]  # moved to the device
+    # The loss is a module too: the Brain moves it (and any frozen network in it) to the
+    # device and sets its train/eval mode with the separator's.
+    modules = {"separator": hparams["separator"], "loss": hparams["loss"]}
     checkpointer = AtomicCheckpointer(
         os.path.join(hparams["output_folder"], "save"),
         recoverables={

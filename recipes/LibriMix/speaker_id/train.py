@@ -17,8 +17,8 @@ from spksep_modules.brains import SpeakerIDBrain
 from spksep_modules.checkpoints import AtomicCheckpointer
 from spksep_modules.data.librimix import prepare_librimix
 from spksep_modules.data.speakers import speaker_dataset, speaker_utterances, split_by_speaker
-from spksep_modules.models.rawnet2 import save_rawnet2
 from spksep_modules.recipe import load_hparams, run
+from spksep_modules.speakers.rawnet2 import save_rawnet2
 
 
 def main(argv):

@@ -4,8 +4,10 @@ import torch
 import torchaudio.functional as AF
 from torch import nn
 
+from spksep_modules.configurable import Configurable
 
-class Frozen(nn.Module):
+
+class Frozen(Configurable, nn.Module):
     """Wraps a pretrained network so that it never trains but still passes gradients.
 
     The wrapped network stays in eval mode (dropout off, batch-norm statistics fixed) even
@@ -15,6 +17,9 @@ class Frozen(nn.Module):
 
     Inputs at ``input_rate`` are resampled once, here, to the network's own ``net_rate``.
 
+    As a :class:`~spksep_modules.configurable.Configurable`, ``spec(frozen)`` describes the
+    wrapper with its network (which must be Configurable too, e.g. RawNet2 or GE2E).
+
     Arguments
     ---------
     net : nn.Module
@@ -23,6 +28,17 @@ class Frozen(nn.Module):
         Sample rate the network was trained at.
     input_rate : int
         Sample rate of the waveforms this wrapper receives.
+
+    Example
+    -------
+    >>> net = Frozen(nn.Conv1d(1, 4, 3), net_rate=16000, input_rate=8000)
+    >>> wav = torch.randn(2, 1, 800, requires_grad=True)  # 0.1 s at 8 kHz
+    >>> feats = net(wav)  # resampled to 1600 samples first
+    >>> feats.shape
+    torch.Size([2, 4, 1598])
+    >>> feats.sum().backward()
+    >>> wav.grad.shape, net.net.weight.grad is None
+    (torch.Size([2, 1, 800]), True)
     """
 
     def __init__(self, net: nn.Module, net_rate: int, input_rate: int):
@@ -39,6 +55,11 @@ class Frozen(nn.Module):
         super().train(mode)
         self.net.eval()
         return self
+
+    @property
+    def embedding_dim(self) -> int:
+        """Speaker networks: the wrapped network's ``embedding_dim``."""
+        return self.net.embedding_dim
 
     def resample(self, wav: torch.Tensor) -> torch.Tensor:
         """``[..., time]`` at ``input_rate`` -> ``[..., time']`` at ``net_rate``."""

@@ -4,15 +4,22 @@ import pytest
 import torch
 from torch import nn
 
+from spksep_modules.losses import (
+    NegativeOnly,
+    PositiveOnly,
+    SeparationLoss,
+    TripletLike,
+    WeightedSum,
+)
 from spksep_modules.losses.perceptual import (
     NEG_FLOOR,
-    PerceptualLoss,
     frame_distance,
     perceptual_distances,
     triplet_like_loss,
     weighted_sum_loss,
 )
-from spksep_modules.losses.pit import PITSISNRLoss, pit_si_snr
+from spksep_modules.losses.pit import pit_si_snr
+from spksep_modules.models.base import SeparatorOutput
 from spksep_modules.metrics import si_snr
 
 # ---------------------------------------------------------------- uPIT SI-SNR
@@ -60,17 +67,16 @@ def test_pit_loss_gradient_and_outputs():
     gen = torch.Generator().manual_seed(1)
     ref = torch.randn(2, 500, 2, generator=gen)
     est = (ref.flip(-1) + 0.3 * torch.randn(2, 500, 2, generator=gen)).requires_grad_(True)
-    out = PITSISNRLoss()(est, ref)
-    assert out["loss"].shape == () and out["per_example"].shape == (2,)
-    assert out["loss"].item() == pytest.approx(out["per_example"].mean().item())
-    assert out["si_snr"].item() == pytest.approx(-out["loss"].item())
+    out = SeparationLoss()(est, ref)
+    assert out["loss"].shape == () and out["si_snr"].shape == (2,)
+    assert out["loss"].item() == pytest.approx(-out["si_snr"].mean().item())
     assert not out["si_snr"].requires_grad
-    assert out["perm"].tolist() == [[1, 0], [1, 0]]
+    assert pit_si_snr(est, ref)[2].tolist() == [[1, 0], [1, 0]]
     out["loss"].backward()
     assert torch.isfinite(est.grad).all() and est.grad.abs().sum() > 0
     # A gradient step along -grad improves the loss.
     with torch.no_grad():
-        stepped = PITSISNRLoss()(est - 1e-2 * est.grad / est.grad.norm(), ref)["loss"]
+        stepped = SeparationLoss()(est - 1e-2 * est.grad / est.grad.norm(), ref)["loss"]
     assert stepped < out["loss"]
 
 
@@ -188,15 +194,22 @@ def _waves(batch, num_spks, seed):
     return est, ref
 
 
+TERMS = {
+    "weighted_sum": lambda rep: WeightedSum(rep, l1=7.0, l2=11.0),
+    "triplet_like": lambda rep: TripletLike(rep, alpha=0.2),
+    "pos": lambda rep: PositiveOnly(rep, l1=7.0),
+    "neg": lambda rep: NegativeOnly(rep, l2=11.0),
+}
+
+
 @pytest.mark.parametrize("num_spks", [2, 3])
-@pytest.mark.parametrize("kind", PerceptualLoss.KINDS)
-def test_perceptual_loss_kinds(kind, num_spks):
+@pytest.mark.parametrize("kind", TERMS)
+def test_perceptual_terms_in_the_separation_loss(kind, num_spks):
     torch.manual_seed(0)
     rep = ToyRepresentation()
     est, ref = _waves(2, num_spks, seed=3)
-    loss_fn = PerceptualLoss(rep, kind, lb=0.5, lp=3.0, l1=7.0, l2=11.0, alpha=0.2)
-    basic = torch.tensor(-4.0)
-    out = loss_fn(est, ref, basic)
+    loss_fn = SeparationLoss(TERMS[kind](rep), lb=0.5, lp=3.0)
+    out = loss_fn(est, ref)  # est is already in reference order: PIT keeps it
     # one batched call per side, each on batch * num_spks waveforms
     assert rep.batch_sizes == [2 * num_spks, 2 * num_spks]
 
@@ -210,20 +223,36 @@ def test_perceptual_loss_kinds(kind, num_spks):
         "pos": 7.0 * pos.mean(),
         "neg": 11.0 / neg.mean(),
     }[kind]
+    basic = -si_snr(est.transpose(1, 2), ref.transpose(1, 2)).mean()
     assert out["perceptual"].item() == pytest.approx(expected.item(), rel=1e-5)
-    assert out["loss"].item() == pytest.approx(0.5 * -4.0 + 3.0 * expected.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(0.5 * basic.item() + 3.0 * expected.item(), rel=1e-4)
     assert out["D_pos"].item() == pytest.approx(pos.mean().item(), rel=1e-5)
     assert out["D_neg"].item() == pytest.approx(neg.mean().item(), rel=1e-5)
     assert not out["D_pos"].requires_grad and not out["D_neg"].requires_grad
 
 
+def test_auxiliary_term_counts_in_training_only_and_extras_are_scored():
+    est, ref = _waves(2, 2, seed=7)
+    loss_fn = SeparationLoss(WeightedSum(ToyRepresentation()))
+    out = SeparatorOutput.of(est, intermediate=ref.flip(-1))
+    trained = loss_fn.train()(out, ref)
+    evaluated = loss_fn.eval()(out, ref)
+    assert "perceptual" in trained and "perceptual" not in evaluated
+    assert evaluated["loss"].item() == pytest.approx(-evaluated["si_snr"].mean().item())
+    assert (evaluated["si_snr_intermediate"] > 100).all()  # PIT undoes the flip
+    # A batch with a non-finite SI-SNR gets no auxiliary term (its loss is skipped anyway).
+    bad = est.clone()
+    bad[0, 0, 0] = float("nan")
+    assert "perceptual" not in loss_fn.train()(bad, ref)
+
+
 def test_triplet_margin_is_active_in_the_module():
     rep = ToyRepresentation()
     est, ref = _waves(1, 2, seed=4)
-    out_small = PerceptualLoss(rep, "triplet_like", alpha=0.0035)(est, ref, torch.tensor(0.0))
+    out_small = TripletLike(rep, alpha=0.0035)(est, ref)
     assert out_small["perceptual"].item() == 0.0  # good estimates: margin satisfied
     big = float(out_small["D_neg"] - out_small["D_pos"]) * 10
-    out_big = PerceptualLoss(rep, "triplet_like", alpha=big)(est, ref, torch.tensor(0.0))
+    out_big = TripletLike(rep, alpha=big)(est, ref)
     assert out_big["perceptual"] > 0
 
 
@@ -232,18 +261,13 @@ def test_pit_then_perceptual_is_permutation_invariant(num_spks):
     torch.manual_seed(1)
     rep = ToyRepresentation()
     est, ref = _waves(2, num_spks, seed=5)
-    loss_fn = PerceptualLoss(rep, "weighted_sum")
+    loss_fn = SeparationLoss(WeightedSum(rep))
     order = list(range(1, num_spks)) + [0]
-
-    def run(estimates):
-        basic, aligned, _ = pit_si_snr(estimates, ref)
-        return loss_fn(aligned, ref, basic.mean())
-
-    plain, permuted = run(est), run(est[..., order])
+    plain, permuted = loss_fn(est, ref), loss_fn(est[..., order], ref)
     for key in ("loss", "perceptual", "D_pos", "D_neg"):
         assert permuted[key].item() == pytest.approx(plain[key].item(), rel=1e-6)
     # without alignment the distances would differ
-    unaligned = loss_fn(est[..., order], ref, torch.tensor(0.0))
+    unaligned = WeightedSum(rep)(est[..., order], ref)
     assert unaligned["D_pos"] > plain["D_pos"]
 
 
@@ -252,15 +276,13 @@ def test_gradient_reaches_estimate_not_frozen_weights_nor_reference():
     est, ref = _waves(2, 2, seed=6)
     est.requires_grad_(True)
     ref.requires_grad_(True)
-    out = PerceptualLoss(rep, "weighted_sum")(est, ref, torch.tensor(0.0))
+    out = SeparationLoss(WeightedSum(rep))(est, ref)
     out["loss"].backward()
     assert torch.isfinite(est.grad).all() and est.grad.abs().sum() > 0
-    assert ref.grad is None
     assert all(p.grad is None for p in rep.parameters())
 
 
-def test_rejects_trainable_representation_and_unknown_kind():
-    with pytest.raises(ValueError, match="trainable"):
-        PerceptualLoss(nn.Conv1d(1, 4, 3), "weighted_sum")
-    with pytest.raises(ValueError, match="kind"):
-        PerceptualLoss(ToyRepresentation(), "weighted")
+def test_rejects_trainable_representation():
+    for term in (WeightedSum, TripletLike, PositiveOnly, NegativeOnly):
+        with pytest.raises(ValueError, match="trainable"):
+            term(nn.Conv1d(1, 4, 3))

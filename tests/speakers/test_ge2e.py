@@ -7,8 +7,8 @@ import scipy.signal
 import torch
 
 from spksep_modules import SpkSepError
-from spksep_modules.features.frozen import Frozen
-from spksep_modules.features.ge2e import GE2E, GE2EFrontEnd, load_ge2e, packaged_weights, partial_starts
+from spksep_modules.nnet.frozen import Frozen
+from spksep_modules.speakers.ge2e import GE2E, GE2EFrontEnd, load_ge2e, packaged_weights, partial_starts
 
 resemblyzer = pytest.importorskip("resemblyzer")
 from resemblyzer import audio as rz_audio  # noqa: E402  (needs the importorskip above)
@@ -149,7 +149,7 @@ def test_missing_file(tmp_path):
 def test_wrong_state_dict(tmp_path):
     path = tmp_path / "other.pt"
     torch.save({"model_state": torch.nn.Linear(3, 4).state_dict()}, path)
-    with pytest.raises(SpkSepError, match=r"other.pt: not a GE2E state dict \(missing lstm"):
+    with pytest.raises(SpkSepError, match=r"other.pt: not a GE2E checkpoint: missing keys lstm"):
         load_ge2e(path)
 
 
@@ -158,7 +158,8 @@ def test_wrong_shapes(tmp_path):
     state = GE2E().state_dict()
     state["linear.weight"] = torch.zeros(128, 256)
     torch.save(state, path)  # a bare state dict is accepted, but this one does not fit
-    with pytest.raises(SpkSepError, match="small.pt: not a GE2E state dict .linear.weight"):
+    with pytest.raises(SpkSepError, match=r"small.pt: not a GE2E checkpoint: shape mismatch for linear.weight: "
+                       r"checkpoint \(128, 256\), model \(256, 256\)$"):
         load_ge2e(path)
 
 

@@ -31,6 +31,8 @@ import torchaudio.functional as AF
 from torch import nn
 
 from spksep_modules import SpkSepError
+from spksep_modules.checkpoints import check_state_dict
+from spksep_modules.configurable import Configurable
 
 # resemblyzer's hparams.py, which fix what the pretrained weights expect.
 SAMPLE_RATE = 16000
@@ -59,6 +61,12 @@ class GE2EFrontEnd(nn.Module):
     ---------
     sample_rate, n_fft, hop, n_mels : int
         Defaults are resemblyzer's; change them only for another GE2E checkpoint.
+
+    Example
+    -------
+    >>> mel = GE2EFrontEnd()
+    >>> mel(torch.randn(2, 16000)).shape, mel.num_frames(16000)  # 1 + 16000 // 160 frames
+    (torch.Size([2, 101, 40]), 101)
     """
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, hop: int = HOP,
@@ -110,6 +118,11 @@ def partial_starts(num_samples: int, rate: float = 1.3, min_coverage: float = 0.
     Returns
     -------
     list of int, never empty.
+
+    Example
+    -------
+    >>> partial_starts(16000), partial_starts(48000)  # 1 s, 3 s: a partial every 77 frames
+    ([0], [0, 77, 154])
     """
     if not 0 < min_coverage <= 1:
         raise ValueError(f"min_coverage must be in (0, 1], got {min_coverage}")
@@ -127,7 +140,7 @@ def partial_starts(num_samples: int, rate: float = 1.3, min_coverage: float = 0.
     return starts
 
 
-class GE2E(nn.Module):
+class GE2E(Configurable, nn.Module):
     """GE2E speaker encoder: mel front end, 3-layer LSTM, linear + ReLU.
 
     Parameter names are resemblyzer's (``lstm.*``, ``linear.*``), so its ``pretrained.pt``
@@ -220,6 +233,11 @@ def packaged_weights() -> Path:
 
     Found with ``importlib.util.find_spec``, which locates the package without running its
     ``__init__`` (that would import librosa and webrtcvad).
+
+    Example
+    -------
+    >>> packaged_weights().name
+    'pretrained.pt'
     """
     spec = importlib.util.find_spec("resemblyzer")
     if spec is None or not spec.submodule_search_locations:
@@ -242,6 +260,13 @@ def load_ge2e(path: Optional[Union[str, Path]] = None) -> GE2E:
     ------
     SpkSepError
         If the file is missing, unreadable, or not a GE2E state dict.
+
+    Example
+    -------
+    >>> net = load_ge2e()  # resemblyzer's weights
+    >>> emb = net.embed(torch.randn(2, 16000))
+    >>> emb.shape, emb.norm(dim=-1).round(decimals=4).tolist()  # unit length
+    (torch.Size([2, 256]), [1.0, 1.0])
     """
     path = Path(path) if path is not None else packaged_weights()
     if not path.is_file():
@@ -256,16 +281,7 @@ def load_ge2e(path: Optional[Union[str, Path]] = None) -> GE2E:
         raise SpkSepError(f"{path}: not a GE2E checkpoint (no state dict inside)")
 
     net = GE2E()
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    if missing:
-        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-        raise SpkSepError(f"{path}: not a GE2E state dict (missing {shown})")
-    for key, value in expected.items():
-        got = state[key]
-        if not torch.is_tensor(got) or got.shape != value.shape:
-            shape = tuple(got.shape) if torch.is_tensor(got) else type(got).__name__
-            raise SpkSepError(f"{path}: not a GE2E state dict ({key} has shape {shape}, "
-                              f"expected {tuple(value.shape)})")
-    net.load_state_dict({k: state[k] for k in expected})
+    state = {k: v for k, v in state.items() if k.startswith(("lstm.", "linear."))}
+    check_state_dict(net, state, path, "a GE2E checkpoint")
+    net.load_state_dict(state)
     return net.eval()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import torchaudio.models as tam
 
 from spksep_modules import SpkSepError
-from spksep_modules.features.frozen import Frozen
+from spksep_modules.nnet.frozen import Frozen
 from spksep_modules.features.ssl_models import infer_config, load_ssl
 
 torch.set_num_threads(1)
@@ -190,7 +190,7 @@ def test_bad_files_give_one_line_errors(tmp_path, case):
     expected = {"missing": "file not found", "text": "not loadable",
                 "tensor": "not a state dict", "not_ssl": "not a torchaudio",
                 "kind": "wav2vec 2.0/HuBERT weights", "wavlm_as": "WavLM weights",
-                "heads": "encoder_num_heads", "shape": "has shape",
+                "heads": "encoder_num_heads", "shape": "shape mismatch for",
                 "bad_kind": "unknown representation"}[case]
     with pytest.raises(SpkSepError) as info:
         load_ssl(kind, path)

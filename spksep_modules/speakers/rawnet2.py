@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from spksep_modules import SpkSepError
+from spksep_modules.checkpoints import check_state_dict
+from spksep_modules.configurable import Configurable, spec
 
 OFFICIAL_WINDOW = 59049
 # The authors evaluate long utterances with windows overlapping by 11810 samples (20%).
@@ -50,6 +52,12 @@ class WaveformLayerNorm(nn.Module):
     (unbiased) standard deviation. The variance is floored at ``eps**2`` before the square
     root so that a constant (e.g. silent) input has a finite gradient; above the floor the
     result is the original's.
+
+    Example
+    -------
+    >>> out = WaveformLayerNorm(100)(3 + 2 * torch.randn(2, 100))
+    >>> out.shape, bool(out.mean(-1).abs().max() < 1e-5)
+    (torch.Size([2, 100]), True)
     """
 
     def __init__(self, num_samples: int, eps: float = 1e-6):
@@ -84,6 +92,12 @@ class SincFilterbank(nn.Module):
         Filter length ``K`` (made odd, so that the filters are symmetric).
     sample_rate : int
         Sample rate in Hz.
+
+    Example
+    -------
+    >>> sinc = SincFilterbank(num_filters=4, kernel_size=10)  # made odd: 11 taps
+    >>> sinc.filters().shape, sinc(torch.randn(2, 1, 100)).shape
+    (torch.Size([4, 1, 11]), torch.Size([2, 4, 90]))
     """
 
     def __init__(self, num_filters: int, kernel_size: int, sample_rate: int = 16000,
@@ -141,6 +155,11 @@ class ResidualBlock(nn.Module):
     shortcut when ``C_in != C_out``. ``bn1`` exists (except in the first block) so that the
     official weights load, but, as in the network those weights were trained in, the
     first convolution reads the block input directly and ``bn1`` is not used.
+
+    Example
+    -------
+    >>> ResidualBlock(4, 8)(torch.randn(2, 4, 30)).shape
+    torch.Size([2, 8, 10])
     """
 
     def __init__(self, in_channels: int, out_channels: int, first: bool = False):
@@ -167,6 +186,12 @@ class FeatureMapScaling(nn.Sequential):
 
     ``[B, C, T] -> [B, C, T]``. A one-layer ``nn.Sequential`` so that the linear layer's
     keys read ``<name>.0.weight`` as in the official checkpoint.
+
+    Example
+    -------
+    >>> fms = FeatureMapScaling(8)
+    >>> fms(torch.randn(2, 8, 10)).shape, list(fms.state_dict())
+    (torch.Size([2, 8, 10]), ['0.weight', '0.bias'])
     """
 
     def __init__(self, channels: int):
@@ -183,6 +208,11 @@ def window_starts(length: int, window: int, hop: int) -> list:
     Windows start every ``hop`` samples; the last one is aligned with the end of the signal
     (so no padding is needed and no window is repeated). A signal no longer than ``window``
     gets a single window at 0 (``RawNet2.embed`` repeats short signals up to ``window``).
+
+    Example
+    -------
+    >>> window_starts(100, window=100, hop=30), window_starts(131, window=100, hop=30)
+    ([0], [0, 30, 31])
     """
     if length <= window:
         return [0]
@@ -190,7 +220,7 @@ def window_starts(length: int, window: int, hop: int) -> list:
     return [i * hop for i in range(count - 1)] + [length - window]
 
 
-class RawNet2(nn.Module):
+class RawNet2(Configurable, nn.Module):
     """RawNet2 speaker embedding network with the official checkpoint's key names.
 
     Arguments
@@ -215,6 +245,15 @@ class RawNet2(nn.Module):
         Size of the speaker embedding (the "code" layer ``fc1_gru``).
     num_classes : int
         Speakers of the classifier ``fc2_gru`` (6112 in the official model); 0: no classifier.
+
+    Example
+    -------
+    >>> net = RawNet2(window=2187, hop=1000, sinc_filters=4, sinc_length=11,
+    ...               block_channels=(4, 8), gru_units=8, embedding_dim=6, num_classes=3)
+    >>> net(torch.randn(2, 2187)).shape, net(torch.randn(2, 2187), classify=True).shape
+    (torch.Size([2, 6]), torch.Size([2, 3]))
+    >>> net.embed(torch.randn(2, 5000)).shape  # any length: windows 0, 1000, 2000, 2813
+    torch.Size([2, 6])
     """
 
     sample_rate = 16000
@@ -226,10 +265,6 @@ class RawNet2(nn.Module):
                  num_classes: int = 6112):
         super().__init__()
         block_channels = [int(c) for c in block_channels]
-        self.config = dict(window=int(window), hop=int(hop), sinc_filters=int(sinc_filters),
-                           sinc_length=int(sinc_length), block_channels=block_channels,
-                           gru_units=int(gru_units), gru_layers=int(gru_layers),
-                           embedding_dim=int(embedding_dim), num_classes=int(num_classes))
         self.window = int(window)
         self.hop = int(hop)
         self.embedding_dim = int(embedding_dim)
@@ -313,18 +348,27 @@ class RawNet2(nn.Module):
 
 
 def save_rawnet2(model: RawNet2, path) -> None:
-    """Writes ``{"model": state_dict, "config": constructor arguments}`` to ``path``."""
+    """Writes ``{"model": state_dict, "config": constructor arguments}`` to ``path``.
+
+    The arguments are saved as plain data (``block_channels`` as a list), which
+    ``torch.load(weights_only=True)`` reads back.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> net = RawNet2(window=2187, sinc_filters=4, sinc_length=11, block_channels=(4, 8),
+    ...               gru_units=8, embedding_dim=6, num_classes=0)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     save_rawnet2(net, os.path.join(folder, "rawnet2.pt"))
+    ...     loaded = load_rawnet2(os.path.join(folder, "rawnet2.pt"))
+    >>> loaded.config["block_channels"], loaded.embed(torch.randn(1, 3000)).shape
+    ([4, 8], torch.Size([1, 6]))
+    """
     path = os.fspath(path)
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    torch.save({"model": model.state_dict(), "config": dict(model.config)}, path)
-
-
-def _short_list(keys, limit: int = 4) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
+    torch.save({"model": model.state_dict(), "config": spec(model)["args"]}, path)
 
 
 def load_rawnet2(path, **overrides) -> RawNet2:
@@ -336,6 +380,22 @@ def load_rawnet2(path, **overrides) -> RawNet2:
     ``overrides`` replace constructor arguments (e.g. ``hop``); ``num_classes=0`` drops the
     classifier. Raises ``SpkSepError`` naming ``path`` when the file is missing, cannot be
     read, is not a RawNet2 checkpoint or does not match the model's shapes.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> net = RawNet2(window=2187, sinc_filters=4, sinc_length=11, block_channels=(4, 8),
+    ...               gru_units=8, embedding_dim=6, num_classes=3)
+    >>> with tempfile.TemporaryDirectory() as folder:  # no config: the official sizes
+    ...     torch.save(net.state_dict(), os.path.join(folder, "plain.pt"))
+    ...     load_rawnet2(os.path.join(folder, "plain.pt"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    spksep_modules.SpkSepError: ...plain.pt: not a RawNet2 checkpoint: missing keys ...; shape mismatch for ln.gamma: checkpoint (2187,), model (59049,) (+42 more)
+    >>> with tempfile.TemporaryDirectory() as folder:  # save_rawnet2 keeps the sizes
+    ...     save_rawnet2(net, os.path.join(folder, "rawnet2.pt"))
+    ...     loaded = load_rawnet2(os.path.join(folder, "rawnet2.pt"), num_classes=0)
+    >>> loaded.embed(torch.randn(2, 3000)).shape, loaded.fc2_gru is None
+    (torch.Size([2, 6]), True)
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -365,18 +425,7 @@ def load_rawnet2(path, **overrides) -> RawNet2:
     if model.fc2_gru is None:
         state = {k: v for k, v in state.items() if not k.startswith("fc2_gru.")}
 
-    expected = model.state_dict()
     # Batch-norm step counters are bookkeeping; older files may lack them.
-    missing = {k for k in expected if k not in state and not k.endswith("num_batches_tracked")}
-    if missing:
-        raise SpkSepError(f"{path}: not a RawNet2 checkpoint: missing keys {_short_list(missing)}")
-    unexpected = set(state) - set(expected)
-    if unexpected:
-        raise SpkSepError(
-            f"{path}: not a RawNet2 checkpoint: unexpected keys {_short_list(unexpected)}")
-    for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise SpkSepError(f"{path}: shape mismatch for {key}: checkpoint "
-                              f"{tuple(value.shape)}, model {tuple(expected[key].shape)}")
+    check_state_dict(model, state, path, "a RawNet2 checkpoint", ignore=("*num_batches_tracked",))
     model.load_state_dict(state, strict=False)
     return model.eval()

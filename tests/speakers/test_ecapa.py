@@ -5,8 +5,8 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from spksep_modules import SpkSepError
-from spksep_modules.features import build_speaker_net
-from spksep_modules.features.ecapa import load_ecapa
+from spksep_modules.speakers import build_speaker_net
+from spksep_modules.speakers.ecapa import load_ecapa
 from spksep_modules.models import ConditionedSeparator, ConvTasNet
 
 torch.set_num_threads(1)
@@ -97,7 +97,7 @@ def test_bad_folders_give_one_clear_error(tmp_path):
     folder, _ = write_folder(tmp_path / "c", dim=12)
     other, _ = write_folder(tmp_path / "d", dim=7)
     (folder / "embedding_model.ckpt").write_bytes((other / "embedding_model.ckpt").read_bytes())
-    with pytest.raises(SpkSepError, match="does not fit"):
+    with pytest.raises(SpkSepError, match="not weights that fit"):
         load_ecapa(folder)
 
 

@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from spksep_modules import SpkSepError
-from spksep_modules.features.frozen import Frozen
+from spksep_modules.nnet.frozen import Frozen
 from spksep_modules.models.conditioned import ConditionedLayer, ConditionedSeparator, WavesplitStack
 from spksep_modules.models.conv_tasnet import ConvTasNet
+from spksep_modules.models.fused import FusedConditionedLayer, fuse_for_inference
 from spksep_modules.models.film import FiLM, FiLMGenerator
 
 torch.set_num_threads(1)
@@ -119,7 +120,8 @@ def test_causal_stack_ignores_the_future():
 @pytest.mark.parametrize("num_spks,T", [(2, 101), (3, 64), (2, 3)])
 def test_shapes(num_spks, T):
     model = make(num_spks=num_spks)
-    est, inter = model(torch.randn(2, T))
+    out = model(torch.randn(2, T))
+    est, inter = out.estimates, out.extras["intermediate"]
     assert est.shape == inter.shape == (2, T, num_spks)
     assert torch.isfinite(est).all()
 
@@ -193,9 +195,11 @@ def test_gradients_and_freezing():
     model.train()
     assert not model.basic_model.training and not model.speaker_net.net.training
     enc_before = model.basic_model.encoder.weight.clone()
-    basic_before = {k: v.clone() for k, v in model.basic_model.state_dict().items()}
+    basic_before = {k: v.clone() for k, v in model.basic_model.state_dict().items()
+                    if torch.is_tensor(v)}
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    est, inter = model(torch.randn(2, 70))
+    est = model(torch.randn(2, 70))
+    inter = est.extras["intermediate"]
     assert not inter.requires_grad
     est.pow(2).mean().backward()
     assert model.film_generator.out.weight.grad.abs().sum() > 0
@@ -205,7 +209,8 @@ def test_gradients_and_freezing():
     assert all(p.grad is None for p in model.speaker_net.parameters())
     opt.step()
     assert torch.equal(model.basic_model.encoder.weight, enc_before)
-    assert all(torch.equal(v, basic_before[k]) for k, v in model.basic_model.state_dict().items())
+    assert all(torch.equal(v, basic_before[k]) for k, v in model.basic_model.state_dict().items()
+               if torch.is_tensor(v))
     assert not torch.equal(model.encoder.weight, enc_before)
 
 
@@ -214,7 +219,8 @@ def test_unfrozen_basic_model_gets_gradients():
     perturb_generator(model)
     model.train()
     assert model.basic_model.training
-    est, inter = model(torch.randn(2, 70))
+    est = model(torch.randn(2, 70))
+    inter = est.extras["intermediate"]
     (est.pow(2).mean() + inter.pow(2).mean()).backward()
     assert all(p.grad is not None for p in model.basic_model.parameters())
     assert all(p.grad is None for p in model.speaker_net.parameters())
@@ -257,10 +263,10 @@ def test_input_checks():
 
 def test_fused_inference_layers_compute_the_trained_function(monkeypatch):
     # Without autograd each stack layer applies norm and FiLM as one in-place affine map.
-    fused = []
-    original = ConditionedLayer._norm_film_act_
-    monkeypatch.setattr(ConditionedLayer, "_norm_film_act_",
-                        lambda self, *a: fused.append(1) or original(self, *a))
+    calls = []
+    original = FusedConditionedLayer.forward
+    monkeypatch.setattr(FusedConditionedLayer, "forward",
+                        lambda self, *a: calls.append(1) or original(self, *a))
     torch.manual_seed(3)
     stack = WavesplitStack(6, 5, num_layers=6, layers_per_group=3).double()
     with torch.no_grad():
@@ -270,18 +276,19 @@ def test_fused_inference_layers_compute_the_trained_function(monkeypatch):
     scale = 1 + torch.randn(4, 6, 5, dtype=torch.float64)
     shift = torch.randn(4, 6, 5, dtype=torch.float64)
     trained = stack(x, scale, shift)
-    assert not fused
     with torch.no_grad():
-        torch.testing.assert_close(stack(x, scale, shift), trained.detach())
-    assert len(fused) == 6
+        torch.testing.assert_close(fuse_for_inference(stack)(x, scale, shift), trained.detach())
+    assert len(calls) == 6
 
     model = make(num_layers=4).double()
     perturb_generator(model)
     mix = torch.randn(2, 900, dtype=torch.float64)
     with torch.enable_grad():
-        trained = model(mix).estimates
+        trained = model(mix)
     with torch.no_grad():
-        torch.testing.assert_close(model(mix).estimates, trained.detach())
+        fused = fuse_for_inference(model)(mix)
+    torch.testing.assert_close(fused.estimates, trained.detach())
+    torch.testing.assert_close(fused.extras["intermediate"], trained.extras["intermediate"])
 
 
 def test_a_per_condition_cue_reads_like_a_concatenated_input():
@@ -300,4 +307,4 @@ def test_a_stack_cast_to_bf16_runs_with_and_without_autograd():
     scale, shift = torch.ones(2, 4, 5, dtype=torch.bfloat16), torch.zeros(2, 4, 5, dtype=torch.bfloat16)
     out = stack(x, scale, shift)
     with torch.no_grad():
-        assert stack(x, scale, shift).dtype == out.dtype == torch.bfloat16
+        assert fuse_for_inference(stack)(x, scale, shift).dtype == out.dtype == torch.bfloat16

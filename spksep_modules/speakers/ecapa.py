@@ -20,12 +20,28 @@ from hyperpyyaml import load_hyperpyyaml
 from torch import nn
 
 from spksep_modules import SpkSepError
+from spksep_modules.checkpoints import check_state_dict
 
 WEIGHTS = "embedding_model.ckpt"
 
 
 class EcapaSpeakerNet(nn.Module):
-    """SpeechBrain's ECAPA front end and network as one ``embed(wav [N, T]) -> [N, D]``."""
+    """SpeechBrain's ECAPA front end and network as one ``embed(wav [N, T]) -> [N, D]``.
+
+    The parts are modules a SpeechBrain yaml built, so this class does not record
+    constructor arguments (it is not ``Configurable``).
+
+    Example
+    -------
+    >>> from speechbrain.lobes.features import Fbank
+    >>> from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+    >>> from speechbrain.processing.features import InputNormalization
+    >>> ecapa = ECAPA_TDNN(24, channels=[16, 16, 16, 16, 48], kernel_sizes=[5, 3, 3, 3, 1],
+    ...                    dilations=[1, 2, 3, 4, 1], attention_channels=8, lin_neurons=12)
+    >>> net = EcapaSpeakerNet(Fbank(n_mels=24), InputNormalization(norm_type="sentence"), ecapa)
+    >>> net.embed(torch.randn(2, 8000)).shape, net.embedding_dim
+    (torch.Size([2, 12]), 12)
+    """
 
     def __init__(self, compute_features: nn.Module, mean_var_norm: nn.Module,
                  embedding_model: nn.Module, sample_rate: int = 16000):
@@ -52,6 +68,29 @@ def load_ecapa(folder) -> EcapaSpeakerNet:
 
     Raises ``SpkSepError`` naming the folder or file when the folder is missing, lacks
     ``hyperparams.yaml`` / ``embedding_model.ckpt``, or the weights do not fit the yaml.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> yaml = '''
+    ... compute_features: !new:speechbrain.lobes.features.Fbank
+    ...     n_mels: 24
+    ... mean_var_norm: !new:speechbrain.processing.features.InputNormalization
+    ...     norm_type: sentence
+    ... embedding_model: !new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN
+    ...     input_size: 24
+    ...     channels: [16, 16, 16, 16, 48]
+    ...     attention_channels: 8
+    ...     lin_neurons: 12
+    ... '''
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     with open(os.path.join(folder, "hyperparams.yaml"), "w") as f:
+    ...         _ = f.write(yaml)
+    ...     model = load_hyperpyyaml(yaml)["embedding_model"]  # stands for trained weights
+    ...     torch.save(model.state_dict(), os.path.join(folder, WEIGHTS))
+    ...     net = load_ecapa(folder)
+    >>> net.embed(torch.randn(2, 8000)).shape
+    torch.Size([2, 12])
     """
     folder = os.fspath(folder or "")
     hparams_file = os.path.join(folder, "hyperparams.yaml")
@@ -76,11 +115,11 @@ def load_ecapa(folder) -> EcapaSpeakerNet:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SpkSepError(f"{weights_file}: cannot read checkpoint ({reason})") from None
     model = hparams["embedding_model"]
-    try:
-        model.load_state_dict(state)
-    except Exception as err:  # wrong keys or shapes: the file does not belong to this yaml
-        raise SpkSepError(f"{weights_file}: does not fit {hparams_file} "
-                          f"({str(err).strip().splitlines()[0]})") from None
+    if not isinstance(state, dict):
+        raise SpkSepError(f"{weights_file}: not a state dict")
+    # Wrong keys or shapes: the file does not belong to this yaml.
+    check_state_dict(model, state, weights_file, f"weights that fit {hparams_file}")
+    model.load_state_dict(state)
     try:  # the constructor embeds 1 s of silence: front end and network must fit
         net = EcapaSpeakerNet(hparams["compute_features"], hparams["mean_var_norm"], model,
                               int(hparams.get("sample_rate", 16000)))

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from spksep_modules import SpkSepError
-from spksep_modules.features.frozen import Frozen
+from spksep_modules.nnet.frozen import Frozen
 from spksep_modules.features.wav2vec1 import Wav2Vec1, load_wav2vec1, parse_layers
 
 torch.set_num_threads(1)
@@ -255,7 +255,8 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path, case):
     expected = {
         "missing": "file not found", "text": "not loadable by torch.load",
         "tensor": "no 'model' state dict", "no_config": "no model config",
-        "missing_key": "weights missing", "shape": "has shape", "wav2vec2": "not wav2vec 1.0",
+        "missing_key": "missing keys feature_aggregator.conv_layers.2.3.bias",
+        "shape": "shape mismatch for", "wav2vec2": "not wav2vec 1.0",
         "gru": "not supported",
     }[case]
     with pytest.raises(SpkSepError) as info:

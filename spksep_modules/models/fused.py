@@ -1,0 +1,117 @@
+"""``fuse_for_inference(model)``: the no-autograd form of a separator, for evaluation.
+
+Without autograd nothing has to be kept for a backward pass, so each gLN can be folded
+into the convolution that reads it (``nnet.folding``) and activations updated in place:
+one statistics pass per norm instead of centring, scaling and shifting passes. That is
+~1.3x faster for Conv-TasNet on CPU (``bench/bench_rtf.py``), in fp32 or under bf16
+autocast (residual and skip sums then stay fp32).
+
+The fused form is a *view*: it shares the model's parameters (training the model updates
+it too), replaces the layers that have a folded form, and falls back to the plain layers
+whenever autograd is on or the tensors are not on the CPU, so it is always safe to call.
+"""
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spksep_modules.models.conditioned import ConditionedLayer
+from spksep_modules.models.conv_tasnet import TCN
+from spksep_modules.nnet.folding import (
+    depthwise_folded,
+    gln_as_affine,
+    norm_statistics,
+    pointwise_folded,
+    prelu_,
+)
+from spksep_modules.nnet.precision import widen_under_autocast
+
+
+def _folding_applies(x: torch.Tensor) -> bool:
+    # In-place updates are safe only where autograd records nothing.
+    return not torch.is_grad_enabled() and x.device.type == "cpu"
+
+
+class FusedTCN(nn.Module):
+    """The folded form of a Conv-TasNet :class:`TCN` (one example at a time: gLN's
+    statistics are per example). ``[batch, N, frames] -> [batch, C, N, frames]``."""
+
+    def __init__(self, tcn: TCN):
+        super().__init__()
+        self.tcn = tcn
+
+    def forward(self, enc):
+        if not _folding_applies(enc):
+            return self.tcn(enc)
+        return torch.cat([self._one(e[None]) for e in enc])
+
+    def _block(self, block, x):
+        y = prelu_(block.in_conv(x), block.act_norm1.act.weight)
+        scale, shift = gln_as_affine(y, block.act_norm1.norm)
+        y = prelu_(depthwise_folded(y, block.dconv, scale, shift), block.act_norm2.act.weight)
+        scale, shift = gln_as_affine(y, block.act_norm2.norm)
+        return block.split_outputs(pointwise_folded(y, block.out_conv, scale, shift))
+
+    def _one(self, enc):
+        tcn = self.tcn
+        scale, shift = gln_as_affine(enc, tcn.in_norm)
+        x = widen_under_autocast(pointwise_folded(enc, tcn.bottleneck, scale, shift))
+        skip_sum = None
+        for block in tcn.blocks:
+            res, skp = self._block(block, x)
+            if skp is not None:
+                skip_sum = widen_under_autocast(skp) if skip_sum is None else skip_sum.add_(skp)
+            if res is not None:
+                x.add_(res)
+        feats = prelu_(skip_sum if tcn.skip else x, tcn.out_act.weight)
+        return tcn.mask(tcn.mask_conv(feats))
+
+
+class FusedConditionedLayer(nn.Module):
+    """The folded form of a :class:`ConditionedLayer` with gLN: the norm (per example) and
+    FiLM together are one per-channel affine map, applied in one in-place pass."""
+
+    def __init__(self, layer: ConditionedLayer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, scale, shift):
+        layer = self.layer
+        if not (_folding_applies(x) and isinstance(layer.norm, nn.GroupNorm)):
+            return layer(x, scale, shift)
+        y = layer.conv(x if layer.pad is None else F.pad(x, layer.pad))
+        mean, var = norm_statistics(y)  # [B]
+        gain = scale * torch.rsqrt(var + layer.norm.eps)[:, None]  # [B, Ch]
+        offset = shift - gain * mean[:, None]
+        torch.addcmul(offset[..., None].to(y.dtype), y, gain[..., None].to(y.dtype), out=y)
+        return x.add_(prelu_(y, layer.act.weight))
+
+
+_FOLDED = {TCN: FusedTCN, ConditionedLayer: FusedConditionedLayer}
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """A view of ``model`` whose layers run their folded inference forms (see above).
+
+    ``model`` itself is not changed; the view shares its parameters and buffers.
+
+    Example
+    -------
+    >>> from spksep_modules.models import ConvTasNet
+    >>> model = ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1)
+    >>> fused, mix = fuse_for_inference(model), torch.randn(2, 800)
+    >>> with torch.no_grad():
+    ...     torch.allclose(fused(mix), model(mix), atol=1e-5)
+    True
+    """
+    folded = _FOLDED.get(type(model))
+    if folded is not None:
+        return folded(model)
+    view = copy.copy(model)  # shares parameters, buffers and every attribute...
+    view._modules = {  # ...except its children, which get their own views
+        name: None if child is None else fuse_for_inference(child)
+        for name, child in model._modules.items()
+    }
+    return view

@@ -1,0 +1,78 @@
+"""Normalisation layers of the separators.
+
+gLN (Conv-TasNet's global layer norm) sees the whole signal; the per-frame channel norm
+is what a causal model uses instead, since it never looks at later frames.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GlobalLayerNorm(nn.Module):
+    """gLN: normalise each example over channels and frames together.
+
+    ``y = gamma * (x - mean) / sqrt(var + eps) + beta`` with ``mean``/``var`` taken over
+    all channels and frames of one example, ``gamma``/``beta`` per channel. This is group
+    normalisation with a single group, so it runs on PyTorch's fused ``group_norm``
+    (one kernel each way; the same maths spelled out in tensor ops, with ``var_mean``,
+    is ~6x slower forward + backward on CPU).
+
+    Arguments
+    ---------
+    channels : int
+        Number of channels C.
+    eps : float
+        Added to the variance, as in the paper's implementation.
+
+    Example
+    -------
+    >>> norm = GlobalLayerNorm(4)
+    >>> y = norm(3 + 2 * torch.randn(2, 4, 100))   # [batch, C, frames]
+    >>> y.shape, bool(y[0].mean().abs() < 1e-5), bool((y[1].std() - 1).abs() < 1e-2)
+    (torch.Size([2, 4, 100]), True, True)
+    """
+
+    def __init__(self, channels, eps=1e-8):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        return F.group_norm(x, 1, self.gamma, self.beta, self.eps)
+
+
+class ChannelNorm(nn.Module):
+    """Normalises each frame over its channels (no learned affine): ``[B, Ch, T]``.
+
+    The causal stack's norm: it must not look at future frames.
+
+    Example
+    -------
+    >>> x = torch.randn(1, 8, 5)
+    >>> torch.allclose(ChannelNorm()(x)[..., :3], ChannelNorm()(x[..., :3]))  # causal
+    True
+    """
+
+    def __init__(self, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps)
+
+
+def plain_norm(channels: int, causal: bool) -> nn.Module:
+    """A norm without learned affine (a conditional or 1x1-conv affine map follows):
+    gLN when the whole signal is visible, per-frame channel norm when causal.
+
+    Example
+    -------
+    >>> type(plain_norm(8, causal=True)).__name__, type(plain_norm(8, causal=False)).__name__
+    ('ChannelNorm', 'GroupNorm')
+    """
+    if causal:
+        return ChannelNorm()
+    return nn.GroupNorm(1, channels, eps=1e-8, affine=False)
