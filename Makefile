@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) -m spksep_modules.demo --workdir $(DEMO)
 
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q --doctest-modules spksep_modules tests
 
 bench: $(STAMP)
 	$(PY) bench/bench.py

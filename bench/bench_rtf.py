@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from spksep_modules.models import ConditionedSeparator, ConvTasNet
+from spksep_modules.models import ConditionedSeparator, ConvTasNet, fuse_for_inference
 from spksep_modules.nnet.frozen import Frozen
 from spksep_modules.runtime import keep_freed_memory
 from spksep_modules.speakers.ge2e import load_ge2e
@@ -64,9 +64,12 @@ def main(argv=None):
     ours = ConvTasNet(**SIZES).eval()
     models = {
         "SpeechBrain Conv-TasNet": SpeechBrainConvTasNet(**SIZES).eval(),
-        "Conv-TasNet (ours)": ours,
-        "Conditioned, RawNet2 (default)": ConditionedSeparator(ours, Frozen(RawNet2(), 16000, 16000)).eval(),
-        "Conditioned, GE2E": ConditionedSeparator(ours, Frozen(load_ge2e(), 16000, 16000)).eval(),
+        # Ours run their inference form, as spksep separate runs them.
+        "Conv-TasNet (ours)": fuse_for_inference(ours),
+        "Conditioned, RawNet2 (default)": fuse_for_inference(
+            ConditionedSeparator(ours, Frozen(RawNet2(), 16000, 16000)).eval()),
+        "Conditioned, GE2E": fuse_for_inference(
+            ConditionedSeparator(ours, Frozen(load_ge2e(), 16000, 16000)).eval()),
     }
     runs = [(name, p) for p in args.precisions.split(",") for name in models]
     mix = torch.randn(1, int(args.seconds * 16000))
