@@ -28,7 +28,16 @@ from spksep_modules import SpkSepError
 
 
 class Configurable:
-    """Mixin: ``self.config`` holds the constructor's arguments (see the module docstring)."""
+    """Mixin: ``self.config`` holds the constructor's arguments (see the module docstring).
+
+    Example
+    -------
+    >>> class Gain(Configurable, torch.nn.Module):
+    ...     def __init__(self, channels, init=1.0):
+    ...         super().__init__()
+    >>> Gain(4).config  # defaults filled in
+    {'channels': 4, 'init': 1.0}
+    """
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -50,7 +59,17 @@ class Configurable:
 
 
 class NotDescribable(SpkSepError):
-    """A module without recorded constructor arguments inside what should be described."""
+    """A module without recorded constructor arguments inside what should be described.
+
+    Example
+    -------
+    >>> spec(torch.nn.Linear(2, 2))
+    Traceback (most recent call last):
+        ...
+    spksep_modules.configurable.NotDescribable: Linear does not record its constructor arguments
+    >>> issubclass(NotDescribable, SpkSepError)
+    True
+    """
 
 
 def _describe(value):
@@ -66,7 +85,15 @@ def _describe(value):
 
 
 def spec(module) -> dict:
-    """``{"class": dotted name, "args": plain-data constructor arguments}`` of ``module``."""
+    """``{"class": dotted name, "args": plain-data constructor arguments}`` of ``module``.
+
+    Example
+    -------
+    >>> from spksep_modules.models import ConvTasNet
+    >>> description = spec(ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1))
+    >>> description["class"], description["args"]["N"], description["args"]["mask_act"]
+    ('spksep_modules.models.conv_tasnet.ConvTasNet', 16, 'relu')
+    """
     if not isinstance(module, Configurable):
         raise NotDescribable(
             f"{type(module).__name__} does not record its constructor arguments"
@@ -81,7 +108,20 @@ def _is_spec(value) -> bool:
 
 
 def build(description: dict):
-    """The module a :func:`spec` describes (fresh weights)."""
+    """The module a :func:`spec` describes (fresh weights).
+
+    Example
+    -------
+    >>> from spksep_modules.models import ConvTasNet
+    >>> model = ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1)
+    >>> twin = build(spec(model))
+    >>> type(twin).__name__, twin.config == model.config, twin is model
+    ('ConvTasNet', True, False)
+    >>> build({"class": "nowhere.Model", "args": {}})
+    Traceback (most recent call last):
+        ...
+    spksep_modules.SpkSepError: unknown model class 'nowhere.Model'
+    """
     module_name, _, name = description["class"].rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), name)

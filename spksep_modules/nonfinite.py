@@ -14,7 +14,13 @@ logger = logging.getLogger(__name__)
 
 
 def any_process(flag: bool, device) -> bool:
-    """True when ``flag`` is True on any DDP process (just ``flag`` without DDP)."""
+    """True when ``flag`` is True on any DDP process (just ``flag`` without DDP).
+
+    Example
+    -------
+    >>> any_process(True, "cpu"), any_process(False, "cpu")  # no process group: the flag
+    (True, False)
+    """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return flag
     value = torch.tensor(float(flag), device=device)

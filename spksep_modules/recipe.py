@@ -77,7 +77,21 @@ def compose_hparams(hparams_file) -> str:
 
 def load_hparams(hparams_file, overrides):
     """The recipe's yaml (composed) with its command-line overrides; an override naming
-    no key of the yaml, or a ``!PLACEHOLDER`` left unset, is a one-line ``SpkSepError``."""
+    no key of the yaml, or a ``!PLACEHOLDER`` left unset, is a one-line ``SpkSepError``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> _ = Path(tmp.name, "train.yaml").write_text("lr: 0.001\\nbatch_size: 4\\n")
+    >>> load_hparams(Path(tmp.name, "train.yaml"), "batch_size: 8")  # as from --batch_size=8
+    {'lr': 0.001, 'batch_size': 8}
+    >>> load_hparams(Path(tmp.name, "train.yaml"), "btach_size: 8")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    spksep_modules.SpkSepError: .../train.yaml: Override 'btach_size' not found in: ['lr', 'batch_size']
+    >>> tmp.cleanup()
+    """
     text = compose_hparams(hparams_file)
     try:
         return load_hyperpyyaml(text, overrides)
@@ -90,7 +104,19 @@ def load_hparams(hparams_file, overrides):
 
 def start_run(hparams_file, overrides, output_folder):
     """``sb.create_experiment_directory`` with the *composed* yaml, overrides resolved,
-    saved as the run's ``hyperparams.yaml`` (what rebuilds the run later)."""
+    saved as the run's ``hyperparams.yaml`` (what rebuilds the run later).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from unittest import mock
+    >>> sb_setup = mock.patch("speechbrain.create_experiment_directory")  # its logging setup
+    >>> with tempfile.TemporaryDirectory() as run, sb_setup:
+    ...     _ = Path(run, "train.yaml").write_text("lr: 0.001\\nbatch_size: 4\\n")
+    ...     start_run(Path(run, "train.yaml"), "batch_size: 8", run)
+    ...     Path(run, "hyperparams.yaml").read_text().splitlines()[1:]  # after "# Composed from"
+    ['lr: 0.001', 'batch_size: 8']
+    """
     import speechbrain as sb
     from hyperpyyaml import resolve_references
 
@@ -104,7 +130,14 @@ def start_run(hparams_file, overrides, output_folder):
 
 def shutdown_distributed():
     """Leave the process group together: a rank that exits while another still talks to
-    it makes gloo abort (SIGABRT) at interpreter exit."""
+    it makes gloo abort (SIGABRT) at interpreter exit.
+
+    Example
+    -------
+    >>> shutdown_distributed()  # without DDP (no process group) it does nothing
+    >>> torch.distributed.is_available() and torch.distributed.is_initialized()
+    False
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -112,7 +145,21 @@ def shutdown_distributed():
 
 def run(main):
     """Call ``main(argv)``; a user's mistake (``SpkSepError``) ends with one line and exit
-    status 2, not a traceback."""
+    status 2, not a traceback.
+
+    Example
+    -------
+    >>> import contextlib
+    >>> def main(argv):
+    ...     raise SpkSepError("data/train.csv: CSV not found (run data preparation first)")
+    >>> with contextlib.redirect_stderr(sys.stdout):  # show the line printed on stderr
+    ...     try:
+    ...         run(main)
+    ...     except SystemExit as exit:
+    ...         print("exit status", exit.code)
+    error: data/train.csv: CSV not found (run data preparation first)
+    exit status 2
+    """
     try:
         main(sys.argv[1:])
         shutdown_distributed()

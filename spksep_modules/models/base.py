@@ -80,6 +80,18 @@ class Separator(Configurable, nn.Module):
     Subclasses set ``self.num_spks`` and return ``SeparatorOutput.of(...)`` from forward.
     ``RUNTIME_ARGS`` names constructor arguments that change how, not what, the model
     computes (kernels, checkpointing): a checkpoint may be loaded with other values.
+
+    Example
+    -------
+    >>> from spksep_modules.models import ConvTasNet
+    >>> model = ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1)
+    >>> model.num_spks, model.config["N"], model.state_dict()["_extra_state"]["class"]
+    (2, 16, 'spksep_modules.models.conv_tasnet.ConvTasNet')
+    >>> ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1, mask_act="sigmoid").load_state_dict(
+    ...     model.state_dict())
+    Traceback (most recent call last):
+        ...
+    spksep_modules.SpkSepError: checkpoint was trained with mask_act=relu, the model here has mask_act=sigmoid: set mask_act=relu (or retrain)
     """
 
     RUNTIME_ARGS = ()

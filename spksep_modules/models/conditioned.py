@@ -121,6 +121,15 @@ class WavesplitStack(nn.Module):
     conditions (S = 1: one condition per input); the input projection then runs once per
     input instead of once per condition. ``cue``, one per condition, is read as if it
     were concatenated to ``x`` on the channels, without copying ``x`` S times.
+
+    Example
+    -------
+    >>> stack = WavesplitStack(in_channels=16, channels=8, num_layers=4, layers_per_group=2)
+    >>> x, scale, shift = torch.randn(2, 16, 50), torch.ones(6, 4, 8), torch.zeros(6, 4, 8)
+    >>> stack.dilations, stack(x, scale, shift).shape  # each input shared by S = 3 conditions
+    ([1, 2, 1, 2], torch.Size([6, 16, 50]))
+    >>> stack(x[:, :10], scale, shift, cue=torch.randn(6, 6, 50)).shape  # 10 + 6 channels
+    torch.Size([6, 16, 50])
     """
 
     def __init__(

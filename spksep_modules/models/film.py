@@ -16,6 +16,13 @@ class FiLM(nn.Module):
     ``x [B, Ch, T]``, ``scale [B, Ch]``, ``shift [B, Ch]`` ->
     ``x * scale[..., None] + shift[..., None]``, shape ``[B, Ch, T]``; the same affine
     map is applied at every time step, which is what makes it a *global* condition.
+
+    Example
+    -------
+    >>> scale, shift = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[0.0, 0.0, -1.0]])
+    >>> y = FiLM()(torch.ones(1, 3, 5), scale, shift)
+    >>> y.shape, y[0, :, 0].tolist()  # channel c: 1 * scale[c] + shift[c], at every step
+    (torch.Size([1, 3, 5]), [1.0, 2.0, 2.0])
     """
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,15 @@ class PReLUGLNFunction(torch.autograd.Function):
     Backward, with ``xhat = (y - mean) * rstd`` and means taken over (C, frames):
     ``dy = rstd * (gamma * g - mean(gamma * g) - xhat * mean(gamma * g * xhat))``,
     which is ``k1[n, c] * g + k2[n] * (y - mean) + k3[n]``: one in-place pass.
+
+    Example
+    -------
+    >>> layer, x = PReLUGLN(8), torch.randn(2, 8, 50, requires_grad=True)
+    >>> y = PReLUGLNFunction.apply(x, layer.act.weight, layer.norm.gamma, layer.norm.beta,
+    ...                            layer.norm.eps)
+    >>> (grad,), (want,) = torch.autograd.grad(y.sum(), x), torch.autograd.grad(layer(x).sum(), x)
+    >>> y.shape, torch.allclose(y, layer(x), atol=1e-5), torch.allclose(grad, want, atol=1e-5)
+    (torch.Size([2, 8, 50]), True, True)
     """
 
     @staticmethod
@@ -103,6 +112,14 @@ class DepthwiseConvFunction(torch.autograd.Function):
     ``y[n, c, t] = bias[c] + sum_k w[c, k] * x[n, c, t + (k - (P - 1) / 2) * dilation]``
     (P odd), taps falling outside ``[0, frames)`` read zeros. With P = 3 that is three
     in-place passes.
+
+    Example
+    -------
+    >>> x, weight = torch.arange(1.0, 6.0).view(1, 1, 5), torch.tensor([[[1.0, 0.0, 0.0]]])
+    >>> DepthwiseConvFunction.apply(x, weight, None, 1)  # tap 0 reads x[t - 1]
+    tensor([[[0., 1., 2., 3., 4.]]])
+    >>> DepthwiseConvFunction.apply(x, weight, torch.tensor([0.5]), 2)  # x[t - 2] + bias
+    tensor([[[0.5000, 0.5000, 1.5000, 2.5000, 3.5000]]])
     """
 
     @staticmethod
@@ -154,7 +171,16 @@ class DepthwiseConvFunction(torch.autograd.Function):
 
 
 def kernels_apply(x) -> bool:
-    """Whether the hand-written kernels serve ``x``: a CPU tensor outside autocast."""
+    """Whether the hand-written kernels serve ``x``: a CPU tensor outside autocast.
+
+    Example
+    -------
+    >>> kernels_apply(torch.zeros(2, 8, 50))
+    True
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     kernels_apply(torch.zeros(2, 8, 50))
+    False
+    """
     return x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
 
 
