@@ -42,8 +42,8 @@ class SeparationBrain(sb.Brain):
     >>> brain.on_stage_start(sb.Stage.TRAIN)
     >>> batch = Batch(sources=Batch(data=torch.randn(2, 800, 2)))  # [batch, time, speakers]
     >>> loss = brain.compute_objectives(separator(torch.randn(2, 800)), batch, sb.Stage.TRAIN)
-    >>> loss.shape, brain.stage_stats["si_snr"][1]  # logged: the loss's terms but "loss", 2 mixtures
-    (torch.Size([]), 2)
+    >>> loss.shape, list(brain.stage_stats), brain.stage_stats["si_snr"][1]  # 2 mixtures logged
+    (torch.Size([]), ['si_snr'], 2)
     """
 
     def compute_forward(self, batch, stage):

@@ -37,6 +37,16 @@ def _table(args):
 
 
 def build_parser():
+    """The ``spksep`` command line: one subcommand each for ``demo-data``, ``separate``
+    and ``table``; every subcommand's ``func`` runs it.
+
+    Example
+    -------
+    >>> args = build_parser().parse_args(
+    ...     ["separate", "talk.wav", "--model", "runs/convtasnet", "--out", "separated"])
+    >>> args.command, args.files, args.model, args.precision, args.chunk_seconds
+    ('separate', ['talk.wav'], 'runs/convtasnet', 'auto', 30.0)
+    """
     parser = argparse.ArgumentParser(prog="spksep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -65,6 +75,18 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run ``spksep`` on ``argv`` (default: ``sys.argv[1:]``); returns the exit status: 0,
+    or 2 with one ``error:`` line on stderr for a user's mistake (``SpkSepError``). A
+    malformed command line exits (``SystemExit``) with argparse's usage message, status 2.
+
+    Example
+    -------
+    >>> import contextlib
+    >>> with contextlib.redirect_stderr(sys.stdout):  # show the line printed on stderr
+    ...     main(["table", "no/such/run"])
+    error: no/such/run/test_summary.json: missing (evaluate the run first: train.py ... --test_only)
+    2
+    """
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -110,7 +110,7 @@ def start_run(hparams_file, overrides, output_folder):
     -------
     >>> import tempfile
     >>> from unittest import mock
-    >>> sb_setup = mock.patch("speechbrain.create_experiment_directory")  # its logging setup
+    >>> sb_setup = mock.patch("speechbrain.create_experiment_directory")  # logging, env.log...
     >>> with tempfile.TemporaryDirectory() as run, sb_setup:
     ...     _ = Path(run, "train.yaml").write_text("lr: 0.001\\nbatch_size: 4\\n")
     ...     start_run(Path(run, "train.yaml"), "batch_size: 8", run)

@@ -4,6 +4,7 @@ the spksep command. Tiny models on a tiny demo set, a couple of steps each."""
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,6 +82,20 @@ def test_perceptual_models_train_with_ge2e(model, data, tmp_path):
     check_run_outputs(out, model)
     log = (out / "train_log.txt").read_text()
     assert "train D_pos" in log and "train D_neg" in log and "train perceptual" in log
+
+
+def test_calibrated_weights_are_logged_and_kept_when_a_run_resumes(data, tmp_path):
+    out = tmp_path / "calibrated"
+    args = ["hparams/weighted_sum.yaml", f"--data_folder={data}", f"--output_folder={out}",
+            "--representation=ge2e", "--normalised_distances=True", "--perceptual_share=0.1",
+            "--calibration_batches=1", "--perceptual_warmup=1", *SIZES, *OPTS, "--batch_size=2"]
+    run(SEPARATION, [*args, "--number_of_epochs=1"])
+    assert "perceptual weights calibrated at batch 2" in (out / "log.txt").read_text()
+    first = re.findall(r"train w_D_pos: ([-\d.e+]+)", (out / "train_log.txt").read_text())
+    run(SEPARATION, [*args, "--number_of_epochs=2"])  # resumes after epoch 1
+    log = (out / "train_log.txt").read_text()
+    assert re.findall(r"train w_D_pos: ([-\d.e+]+)", log) == first * 2
+    assert (out / "log.txt").read_text().count("calibrated at") == 1
 
 
 @pytest.mark.parametrize("iterations", [1, 2])

@@ -56,6 +56,17 @@ _NO_DROPOUT = dict(encoder_projection_dropout=0.0, encoder_attention_dropout=0.0
                    aux_num_out=None)
 
 
+def _tiny_wav2vec2():
+    """A toy wav2vec 2.0 for the examples: the standard conv encoder with 16 channels and
+    two small transformer layers (width 32, not a standard one)."""
+    return wav2vec2_model(
+        extractor_mode="group_norm", extractor_conv_layer_config=[
+            (16, k, s) for k, s in zip(_STANDARD_CONV_KERNELS, _STANDARD_CONV_STRIDES)],
+        extractor_conv_bias=False, encoder_embed_dim=32, encoder_pos_conv_kernel=8,
+        encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=4,
+        encoder_ff_interm_features=48, encoder_layer_norm_first=False, **_NO_DROPOUT)
+
+
 class SSLFeatures(nn.Module):
     """A transformer layer's output: ``wav [batch, time]`` at 16 kHz -> ``[batch, frames, dim]``.
 
@@ -73,12 +84,7 @@ class SSLFeatures(nn.Module):
 
     Example
     -------
-    >>> tiny = wav2vec2_model(  # the standard conv encoder with 16 channels, 2 small layers
-    ...     extractor_mode="group_norm", extractor_conv_layer_config=[
-    ...         (16, k, s) for k, s in zip(_STANDARD_CONV_KERNELS, _STANDARD_CONV_STRIDES)],
-    ...     extractor_conv_bias=False, encoder_embed_dim=32, encoder_pos_conv_kernel=8,
-    ...     encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=4,
-    ...     encoder_ff_interm_features=48, encoder_layer_norm_first=False, **_NO_DROPOUT)
+    >>> tiny = _tiny_wav2vec2()  # 16-channel conv encoder, 2 small transformer layers
     >>> feats = SSLFeatures(tiny, layer=1).eval()
     >>> feats(torch.randn(2, 16000)).shape, feats.hop  # 320 samples per frame
     (torch.Size([2, 49, 32]), 320)
@@ -117,12 +123,7 @@ def infer_config(state, wavlm):
 
     Example
     -------
-    >>> tiny = wav2vec2_model(  # the standard conv encoder with 16 channels, 2 small layers
-    ...     extractor_mode="group_norm", extractor_conv_layer_config=[
-    ...         (16, k, s) for k, s in zip(_STANDARD_CONV_KERNELS, _STANDARD_CONV_STRIDES)],
-    ...     extractor_conv_bias=False, encoder_embed_dim=32, encoder_pos_conv_kernel=8,
-    ...     encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=4,
-    ...     encoder_ff_interm_features=48, encoder_layer_norm_first=False, **_NO_DROPOUT)
+    >>> tiny = _tiny_wav2vec2()  # 16-channel conv encoder, 2 small transformer layers
     >>> kwargs, normalize = infer_config(tiny.state_dict(), wavlm=False)
     >>> kwargs["encoder_num_layers"], kwargs["encoder_embed_dim"], normalize
     (2, 32, False)
@@ -224,12 +225,7 @@ def load_ssl(kind, path, layer=None):
     Example
     -------
     >>> import tempfile
-    >>> tiny = wav2vec2_model(  # the standard conv encoder with 16 channels, 2 small layers
-    ...     extractor_mode="group_norm", extractor_conv_layer_config=[
-    ...         (16, k, s) for k, s in zip(_STANDARD_CONV_KERNELS, _STANDARD_CONV_STRIDES)],
-    ...     extractor_conv_bias=False, encoder_embed_dim=32, encoder_pos_conv_kernel=8,
-    ...     encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=4,
-    ...     encoder_ff_interm_features=48, encoder_layer_norm_first=False, **_NO_DROPOUT)
+    >>> tiny = _tiny_wav2vec2()  # 16-channel conv encoder, 2 small transformer layers
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     torch.save(tiny.state_dict(), os.path.join(folder, "tiny.pth"))
     ...     with open(os.path.join(folder, "tiny.json"), "w") as f:  # what shapes cannot tell

@@ -1,20 +1,59 @@
-"""The training objective of every model: uPIT SI-SNR plus at most one auxiliary term."""
+"""The training objective of every model: uPIT SI-SNR plus at most one auxiliary term,
+with an optional warm-up and weights calibrated from the first batches."""
+
+import logging
 
 import torch
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from torch import nn
 
+from spksep_modules import SpkSepError
 from spksep_modules.losses.pit import pit_si_snr
 
+logger = logging.getLogger(__name__)
 
+# |L_basic| is floored here when it sets calibrated weights: at 0 dB SI-SNR the basic loss
+# itself is 0 and any share of it would switch the auxiliary term off.
+BASIC_FLOOR_DB = 1.0
+
+
+def _all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over DDP processes (unchanged without DDP): every process calibrates alike."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        values = values.clone()
+        torch.distributed.all_reduce(values)
+        values /= torch.distributed.get_world_size()
+    return values
+
+
+@register_checkpoint_hooks
 class SeparationLoss(nn.Module):
     """``lb * L_basic + lp * L_aux`` (the paper's eq. 9), as named terms.
 
     ``L_basic`` is the uPIT negative SI-SNR of the estimates (mean over the batch);
     ``auxiliary`` (e.g. :class:`~spksep_modules.losses.perceptual.WeightedSum`) sees the
     estimates aligned to the sources by that same permutation and returns a dict whose
-    ``"perceptual"`` entry is ``L_aux`` (its other entries are logged). The auxiliary term
-    counts in training only (``self.training``; the Brain sets the mode per stage), and
-    only for batches whose SI-SNR is finite everywhere.
+    ``"perceptual"`` entry is ``L_aux``, with ``"parts"`` (its unweighted parts) and
+    statistics to log. The auxiliary term counts in training only (``self.training``; the
+    Brain sets the mode per stage), and only for batches whose SI-SNR is finite everywhere.
+
+    Arguments
+    ---------
+    auxiliary : nn.Module or None
+        The auxiliary (perceptual) term.
+    lb, lp : float
+        Weights of the basic and the auxiliary loss.
+    warmup_steps : int
+        Training batches trained on ``L_basic`` alone before the auxiliary term comes in
+        (distances between a random separator's output and clean speech say little).
+    perceptual_share : float or None
+        Calibrate the auxiliary term's part weights (l1 and l2, or the triplet's) over the
+        ``calibration_batches`` batches after the warm-up so that each part starts at this
+        share of ``|L_basic|`` (floored at 1 dB): ``lp * w_k * part_k = share * |L_basic|``.
+        Those batches train on ``L_basic`` alone; the chosen weights are logged, saved with
+        the checkpoints (resumed runs reuse them) and logged per epoch as ``w_<part>``.
+    calibration_batches : int
+        How many batches the calibration averages over.
 
     ``forward(out, sources)`` with ``out`` a separator's output (estimates
     ``[batch, time, C]``, optionally with ``extras``) and ``sources [batch, time, C]``
@@ -31,10 +70,23 @@ class SeparationLoss(nn.Module):
     (['loss', 'si_snr'], torch.Size([2]), True)
     """
 
-    def __init__(self, auxiliary: nn.Module = None, lb: float = 1.0, lp: float = 1.0):
+    def __init__(self, auxiliary: nn.Module = None, lb: float = 1.0, lp: float = 1.0,
+                 warmup_steps: int = 0, perceptual_share: float = None,
+                 calibration_batches: int = 10):
         super().__init__()
+        if perceptual_share is not None and not 0 < perceptual_share < 1:
+            raise SpkSepError(f"perceptual_share: expected a share in (0, 1), got {perceptual_share}")
+        if warmup_steps < 0 or calibration_batches < 1:
+            raise SpkSepError("warmup_steps must be >= 0 and calibration_batches >= 1, got "
+                              f"{warmup_steps} and {calibration_batches}")
         self.auxiliary = auxiliary
         self.lb, self.lp = float(lb), float(lp)
+        self.warmup_steps = int(warmup_steps)
+        self.perceptual_share = perceptual_share
+        self.calibration_batches = int(calibration_batches)
+        self.step = 0  # training batches seen (restored on resume)
+        self.calibration = []  # per batch: [|L_basic|, part_1, part_2, ...]
+        self.calibrated = perceptual_share is None
 
     def forward(self, out: torch.Tensor, sources: torch.Tensor) -> dict:
         neg_si_snr, est_aligned, _ = pit_si_snr(out.as_subclass(torch.Tensor), sources)
@@ -42,8 +94,48 @@ class SeparationLoss(nn.Module):
         terms = {"loss": basic, "si_snr": -neg_si_snr.detach()}
         for name, extra in getattr(out, "extras", {}).items():
             terms[f"si_snr_{name}"] = -pit_si_snr(extra.detach(), sources)[0]
-        if self.auxiliary is not None and self.training and torch.isfinite(neg_si_snr).all():
-            aux = self.auxiliary(est_aligned, sources)
-            terms.update(aux)
-            terms["loss"] = self.lb * basic + self.lp * aux["perceptual"]
+        if self.auxiliary is None or not self.training:
+            return terms
+        self.step += 1
+        if self.step == self.warmup_steps + 1:
+            logger.info("auxiliary loss term on from training batch %d", self.step)
+        if self.step <= self.warmup_steps or not torch.isfinite(neg_si_snr).all():
+            return terms
+        if not self.calibrated:
+            with torch.no_grad():
+                aux = self.auxiliary(est_aligned, sources)
+            self._calibrate(basic.detach(), aux["parts"])
+            return terms
+        aux = self.auxiliary(est_aligned, sources)
+        terms.update({k: v for k, v in aux.items() if k != "parts"})
+        terms["loss"] = self.lb * basic + self.lp * aux["perceptual"]
+        if self.perceptual_share is not None:
+            terms.update({f"w_{k}": torch.tensor(w) for k, w in self.auxiliary.weights.items()})
         return terms
+
+    def _calibrate(self, basic, parts):
+        self.calibration.append([float(basic.abs())] + [float(v) for v in parts.values()])
+        if len(self.calibration) < self.calibration_batches:
+            return
+        means = _all_reduce_mean(torch.tensor(self.calibration, dtype=torch.float64).mean(0))
+        target = self.perceptual_share * max(float(means[0]), BASIC_FLOOR_DB)
+        for name, value in zip(parts, means[1:].tolist()):
+            if value > 1e-12:  # a part that is exactly 0 (a satisfied margin) keeps its weight
+                self.auxiliary.weights[name] = target / (self.lp * value)
+        self.calibrated = True
+        logger.info("perceptual weights calibrated at batch %d to %s of |L_basic| = %.3g: %s",
+                    self.step, self.perceptual_share, float(means[0]), self.auxiliary.weights)
+
+    @mark_as_saver
+    def _save(self, path):
+        weights = getattr(self.auxiliary, "weights", None)
+        torch.save({"step": self.step, "calibrated": self.calibrated,
+                    "calibration": self.calibration, "weights": weights}, path)
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch=False):
+        state = torch.load(path, weights_only=True)
+        self.step, self.calibrated = state["step"], state["calibrated"]
+        self.calibration = state["calibration"]
+        if state["weights"] is not None and self.auxiliary is not None:
+            self.auxiliary.weights = dict(state["weights"])

@@ -55,6 +55,7 @@ def main(argv):
         os.path.join(hparams["output_folder"], "save"),
         recoverables={
             "separator": hparams["separator"],
+            "loss": hparams["loss"],  # its step count and calibrated weights, not its networks
             "epoch_counter": hparams["epoch_counter"],
             "lr_scheduler": hparams["lr_scheduler"],
         },
