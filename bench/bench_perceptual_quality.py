@@ -35,6 +35,8 @@ def train(name, data, out, args):
     if name != "convtasnet":
         cmd += ["--representation=ge2e", "--normalised_distances=True",
                 f"--perceptual_share={args.share}", f"--perceptual_warmup={args.warmup}"]
+    if name == "triplet_like":  # a margin in units of the clean features' spread
+        cmd += [f"--alpha={args.alpha}"]
     print(f"[bench] {name}: {' '.join(cmd[2:])}", flush=True)
     subprocess.run(cmd, cwd=RECIPE, check=True, stdout=subprocess.DEVNULL)
 
@@ -58,6 +60,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--share", type=float, default=0.1)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--alpha", type=float, default=1.0, help="triplet margin (normalised)")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
     data = args.data_folder or make_demo_data(os.path.join(args.workdir, "data"), **DATA)

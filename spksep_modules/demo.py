@@ -31,7 +31,8 @@ CALIBRATED = ["--representation=ge2e", "--normalised_distances=True", "--percept
 MODELS = {
     "convtasnet": ["hparams/convtasnet.yaml", "--number_of_epochs=25"],
     "weighted_sum": ["hparams/weighted_sum.yaml", "--number_of_epochs=25", *CALIBRATED],
-    "triplet_like": ["hparams/triplet_like.yaml", "--number_of_epochs=25", *CALIBRATED],
+    "triplet_like": ["hparams/triplet_like.yaml", "--number_of_epochs=25", *CALIBRATED,
+                     "--alpha=1.0"],
     # Starts from the trained baseline, as in the paper.
     "conditioning": ["hparams/conditioning.yaml", "--number_of_epochs=15", "--speaker_net=ge2e"],
 }

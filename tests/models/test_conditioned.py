@@ -308,3 +308,21 @@ def test_a_stack_cast_to_bf16_runs_with_and_without_autograd():
     out = stack(x, scale, shift)
     with torch.no_grad():
         assert fuse_for_inference(stack)(x, scale, shift).dtype == out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("refine", [1, 2])
+def test_residual_passes_start_as_the_basic_model_and_learn_at_once(refine):
+    model = make(refine=refine, residual=True)
+    perturb_generator(model)  # whatever the conditions say, the correction starts at zero
+    out = model(torch.randn(2, 900))
+    inter = out.extras["intermediate"]
+    assert torch.equal(out.estimates, inter)  # not just within 0.1 dB: exactly
+    out.estimates.square().mean().backward()
+    # The zero-initialised last layer still gets a gradient: training starts moving it.
+    assert model.stack.out.weight.grad.abs().sum() > 0
+
+
+def test_the_literal_reading_predicts_new_masks_from_scratch():
+    model = make(residual=False)
+    out = model(torch.randn(2, 900))
+    assert not torch.allclose(out.estimates, out.extras["intermediate"], atol=1e-3)
