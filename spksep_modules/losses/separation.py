@@ -89,11 +89,19 @@ class SeparationLoss(nn.Module):
         self.calibrated = perceptual_share is None
 
     def forward(self, out: torch.Tensor, sources: torch.Tensor) -> dict:
-        neg_si_snr, est_aligned, _ = pit_si_snr(out.as_subclass(torch.Tensor), sources)
+        # In fp32 whatever the separator ran in: SI-SNR's energy ratios and the distances'
+        # sums lose most of their digits in bf16 (SpeechBrain's --precision=bf16 runs the
+        # objectives under the same autocast as the forward pass).
+        with torch.autocast(sources.device.type, enabled=False):
+            return self._terms(out, sources.float())
+
+    def _terms(self, out, sources):
+        estimates = out.as_subclass(torch.Tensor).float()
+        neg_si_snr, est_aligned, _ = pit_si_snr(estimates, sources)
         basic = neg_si_snr.mean()
         terms = {"loss": basic, "si_snr": -neg_si_snr.detach()}
         for name, extra in getattr(out, "extras", {}).items():
-            terms[f"si_snr_{name}"] = -pit_si_snr(extra.detach(), sources)[0]
+            terms[f"si_snr_{name}"] = -pit_si_snr(extra.detach().float(), sources)[0]
         if self.auxiliary is None or not self.training:
             return terms
         self.step += 1
