@@ -6,6 +6,9 @@
    and its overhead over a baseline step (wav2vec 1.0 large, GE2E).
 3. Inference real-time factor: SpeechBrain's Conv-TasNet, ours, the speaker-conditioned
    pipeline with RawNet2 and with GE2E.
+4. SepFormer training step at SpeechBrain's Libri2Mix recipe sizes (batch 1 x 2 s, 8 kHz):
+   ours against SpeechBrain's recipe model (same modules, weights and mixtures); the time
+   ratio is what our loop around SpeechBrain's mask network costs.
 
 Each part runs in its own process so that peak memory is measured per model. Ratios are
 what to read: absolute times depend on the machine and on what else it runs.
@@ -16,7 +19,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = ["bench_convtasnet.py", "bench_perceptual.py", "bench_rtf.py"]
+PARTS = ["bench_convtasnet.py", "bench_perceptual.py", "bench_rtf.py", "bench_sepformer.py"]
 
 
 def main():

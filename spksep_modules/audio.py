@@ -188,8 +188,11 @@ def write_wav(path, wav, sample_rate, subtype="FLOAT"):
         raise SpkSepError(f"{path}: refusing to write NaN or Inf samples")
     parent = os.path.dirname(path)
     if parent:
-        os.makedirs(parent, exist_ok=True)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as err:
+            raise SpkSepError(f"{parent}: cannot create the folder ({err.strerror})") from None
     try:
         sf.write(path, wav, int(sample_rate), subtype=subtype, format="WAV")
-    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as err:
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError) as err:
         raise SpkSepError(f"{path}: cannot write audio ({_reason(err)})") from None

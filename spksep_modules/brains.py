@@ -13,19 +13,21 @@ the separator's inference form (``models.fuse_for_inference``: same function, fa
 import csv
 import json
 import logging
+import math
 import os
 
 import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process
 
-from spksep_modules.metrics import evaluate_mixture
+from spksep_modules.metrics import evaluate_mixture, pesq_mode
 from spksep_modules.models.fused import fuse_for_inference
 from spksep_modules.nonfinite import SkipNonFinite
 
 logger = logging.getLogger(__name__)
 
 TEST_COLUMNS = ["mixture_ID", "si_snr", "si_snr_i", "sdr", "sdr_i", "stoi"]
+PESQ_COLUMN = "pesq"  # appended when the yaml sets `pesq: True`
 
 
 class SeparationBrain(sb.Brain):
@@ -79,7 +81,9 @@ class SeparationBrain(sb.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         self.stage_stats = {}
-        self.nonfinite = SkipNonFinite()
+        if not hasattr(self, "nonfinite"):  # one policy per run: its count spans epochs
+            self.nonfinite = SkipNonFinite(getattr(self.hparams, "max_nonfinite_in_a_row", 20))
+        self.nonfinite.skipped = 0  # mixtures skipped, counted per stage
         if stage != sb.Stage.TRAIN:
             separator = self.modules.separator
             self.eval_separator = fuse_for_inference(getattr(separator, "module", separator))
@@ -102,23 +106,42 @@ class SeparationBrain(sb.Brain):
             old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stage_loss)
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.hparams.epoch_counter.update_metric(stage_loss)
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": old_lr},
-                train_stats=self.train_stats,
-                valid_stats=stats,
-            )
+            for train_logger in self._train_loggers():  # the text log (+ TensorBoard)
+                train_logger.log_stats(
+                    stats_meta={"epoch": epoch, "lr": old_lr},
+                    train_stats=self.train_stats,
+                    valid_stats=stats,
+                )
             self.checkpointer.save_and_keep_only(meta={"loss": stage_loss}, min_keys=["loss"])
         elif stage == sb.Stage.TEST:
             summary = self._write_test_outputs()
-            self.hparams.train_logger.log_stats(
-                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
-                test_stats=summary,
-            )
+            for train_logger in self._train_loggers():
+                train_logger.log_stats(
+                    stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
+                    test_stats=summary,
+                )
+
+    def _train_loggers(self):
+        """The yaml's ``train_logger``, and with ``tensorboard: True`` a TensorBoard logger
+        under ``<output_folder>/tensorboard``, made once (see ``tensorboard_log``)."""
+        if not getattr(self.hparams, "tensorboard", False):
+            return [self.hparams.train_logger]
+        if getattr(self, "_tensorboard_logger", None) is None:
+            from spksep_modules.tensorboard_log import EpochTensorboardLogger
+
+            folder = os.path.join(self.hparams.output_folder, "tensorboard")
+            self._tensorboard_logger = EpochTensorboardLogger(folder)
+        return [self.hparams.train_logger, self._tensorboard_logger]
 
     # -- test outputs ----------------------------------------------------------------
+    def _test_columns(self):
+        """``TEST_COLUMNS``, plus ``pesq`` when the yaml sets ``pesq: True``."""
+        return TEST_COLUMNS + ([PESQ_COLUMN] if getattr(self.hparams, "pesq", False) else [])
+
     def _write_test_rows(self, batch, est):
         """Per-mixture metrics on whole utterances (test batches hold one mixture each)."""
         rate = self.hparams.sample_rate
+        pesq = PESQ_COLUMN in self._test_columns()
         for i, mix_id in enumerate(batch.id):
             length = int(round(float(batch.mix_sig.lengths[i]) * batch.mix_sig.data.shape[1]))
             row = evaluate_mixture(
@@ -126,20 +149,26 @@ class SeparationBrain(sb.Brain):
                 est[i, :length].cpu(),
                 batch.sources.data[i, :length].cpu(),
                 rate,
+                pesq=pesq,
             )
             self.test_rows.append({"mixture_ID": mix_id, **row})
 
     def _write_test_outputs(self):
+        columns = self._test_columns()
         n = len(self.test_rows)
         summary = {k: sum(r[k] for r in self.test_rows) / max(n, 1) for k in TEST_COLUMNS[1:]}
+        if PESQ_COLUMN in columns:  # the mean over the mixtures PESQ could score
+            scored = [r[PESQ_COLUMN] for r in self.test_rows if math.isfinite(r[PESQ_COLUMN])]
+            summary[PESQ_COLUMN] = sum(scored) / len(scored) if scored else float("nan")
+            summary["pesq_mode"] = pesq_mode(self.hparams.sample_rate)
         summary.update(model=self.hparams.model_name, num_test=n)
         if if_main_process():
             folder = self.hparams.output_folder
             with open(os.path.join(folder, "test_results.csv"), "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=TEST_COLUMNS)
+                writer = csv.DictWriter(f, fieldnames=columns)
                 writer.writeheader()
                 for row in self.test_rows:
-                    writer.writerow({k: row[k] for k in TEST_COLUMNS})
+                    writer.writerow({k: row[k] for k in columns})
             with open(os.path.join(folder, "test_summary.json"), "w") as f:
                 json.dump(summary, f, indent=2)
         return summary

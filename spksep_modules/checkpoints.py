@@ -6,7 +6,9 @@ but it writes that file *before* the parameter files and deletes old checkpoints
 plain ``rmtree``. A run killed in either window leaves a checkpoint that is listed but
 cannot be loaded, and the next run stops with ``KeyError: 'separator'``. Here ``CKPT.yaml``
 is written last (atomically, via a temporary file), a checkpoint missing any parameter
-file is not listed, and half-written folders are cleaned up.
+file is not listed, and half-written folders are cleaned up. A save that fails (disk full)
+removes its half-written folder and stops the run with one line; the previous checkpoint
+stays (SpeechBrain deletes old checkpoints only after a successful save).
 """
 
 import fnmatch
@@ -14,6 +16,7 @@ import logging
 import os
 import shutil
 import time
+import traceback
 
 import torch
 import yaml
@@ -62,21 +65,67 @@ class AtomicCheckpointer(Checkpointer):
         return meta
 
     def save_checkpoint(self, *args, **kwargs):
-        checkpoint = super().save_checkpoint(*args, **kwargs)
-        if if_main_process() and self._pending_meta is not None:
-            fpath, meta = self._pending_meta
-            tmp = fpath.with_name(METAFNAME + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("# yamllint disable\n")
-                f.write(yaml.dump(meta))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, fpath)  # the checkpoint exists from here on, complete
-            self._pending_meta = None
+        try:
+            checkpoint = super().save_checkpoint(*args, **kwargs)
+            if if_main_process() and self._pending_meta is not None:
+                fpath, meta = self._pending_meta
+                tmp = fpath.with_name(METAFNAME + ".tmp")
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write("# yamllint disable\n")
+                    f.write(yaml.dump(meta))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, fpath)  # the checkpoint exists from here on, complete
+                self._pending_meta = None
+        except (OSError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and not _is_write_failure(err):
+                raise
+            raise SpkSepError(self._save_failed(err)) from None
         # Every process must see the new checkpoint before any of them lists checkpoints
         # again (save_and_keep_only deletes next, one collective per deletion).
         ddp_barrier()
         return checkpoint
+
+    def _save_failed(self, err) -> str:
+        """Removes the half-written checkpoint; the message for a save that failed (disk
+        full, quota, ...). Older checkpoints are untouched: save_and_keep_only deletes
+        them only after a save succeeded."""
+        folder = self._pending_meta[0].parent if self._pending_meta else None
+        self._pending_meta = None
+        if folder is not None and if_main_process():
+            shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(err, OSError):
+            reason = err.strerror or str(err)
+        else:  # torch.save's writer reports a full disk as e.g. "unexpected pos 576 vs 534"
+            reason = "torch.save failed: " + str(err).splitlines()[0]
+        try:
+            reason += f"; {shutil.disk_usage(self.checkpoints_dir).free / 2**20:.0f} MB free on that disk"
+        except OSError:
+            pass
+        kept = self.find_checkpoint()
+        previous = f"{kept.path} is kept" if kept is not None else "no earlier checkpoint exists"
+        return (f"{self.checkpoints_dir}: cannot save a checkpoint ({reason}); {previous}: "
+                "free some space and rerun the same command to resume")
+
+    def load_checkpoint(self, checkpoint):
+        """SpeechBrain's loading, with one line naming the checkpoint when its files do
+        not fit what the yaml built (a run of another model, a damaged file)."""
+        try:
+            super().load_checkpoint(checkpoint)
+        except SpkSepError as err:
+            if str(checkpoint.path) in str(err):
+                raise
+            raise SpkSepError(f"{checkpoint.path}: {err}") from None
+        except Exception as err:  # torch.load / load_state_dict: multi-line, names no file
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            reason = f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+            if len(reason) > 200:
+                reason = reason[:200] + "..."
+            raise SpkSepError(
+                f"{checkpoint.path}: cannot load this checkpoint into the model the yaml builds "
+                f"({reason}): a run of another model or a damaged file; choose another "
+                "--output_folder"
+            ) from None
 
     def list_checkpoints(self):
         # A run killed while SpeechBrain deleted an old checkpoint (rmtree, in any file
@@ -89,6 +138,18 @@ class AtomicCheckpointer(Checkpointer):
                 if name not in self.optional_recoverables  # e.g. the AMP scaler
             )
         ]
+
+
+def _is_write_failure(err: RuntimeError) -> bool:
+    """torch.save's C++ writer turns a failed write (a full disk) into a RuntimeError whose
+    text varies ("unexpected pos 576 vs 534", "basic_ios::clear: iostream error", ...):
+    recognised by being raised inside ``torch.serialization``."""
+    text = str(err)
+    if any(w in text for w in ("PytorchStreamWriter", "inline_container", "iostream error")):
+        return True
+    frames = traceback.extract_tb(err.__traceback__)
+    return any(os.path.basename(f.filename) == "serialization.py"
+               and os.path.basename(os.path.dirname(f.filename)) == "torch" for f in frames)
 
 
 def _short_list(items, limit: int = 3) -> str:

@@ -1,4 +1,4 @@
-"""The ``spksep`` command: demo data, separation of users' files, paper tables."""
+"""The ``spksep`` command: demo data, separation of users' files, paper tables, plots."""
 
 import argparse
 import sys
@@ -31,14 +31,27 @@ def _separate(args):
 
 
 def _table(args):
-    from spksep_modules.tables import tables
+    from spksep_modules.tables import report, write_records
 
-    print(tables(args.runs))
+    text, data = report(args.runs, significance=not args.no_significance,
+                        baseline=args.baseline, metric=args.metric,
+                        resamples=args.resamples, seed=args.seed)
+    print(text)
+    write_records(data, args.csv, args.json)
+
+
+def _plot(args):
+    from spksep_modules.plots import plot_runs
+
+    written = plot_runs(args.runs, args.out, plots=args.plots, baseline=args.baseline,
+                        mixture=args.mixture, device=args.device)
+    for path in written:
+        print(path)
 
 
 def build_parser():
-    """The ``spksep`` command line: one subcommand each for ``demo-data``, ``separate``
-    and ``table``; every subcommand's ``func`` runs it.
+    """The ``spksep`` command line: one subcommand each for ``demo-data``, ``separate``,
+    ``table`` and ``plot``; every subcommand's ``func`` runs it.
 
     Example
     -------
@@ -46,6 +59,9 @@ def build_parser():
     ...     ["separate", "talk.wav", "--model", "runs/convtasnet", "--out", "separated"])
     >>> args.command, args.files, args.model, args.precision, args.chunk_seconds
     ('separate', ['talk.wav'], 'runs/convtasnet', 'auto', 30.0)
+    >>> args = build_parser().parse_args(["table", "runs/a", "runs/b", "--csv", "t.csv"])
+    >>> args.metric, args.resamples, args.seed, args.csv, args.baseline
+    ('si_snr_i', 10000, 0, 't.csv', None)
     """
     parser = argparse.ArgumentParser(prog="spksep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,9 +84,37 @@ def build_parser():
                         "~1.5x faster, outputs within ~40 dB SNR of fp32; fp32 elsewhere")
     p.set_defaults(func=_separate)
 
-    p = sub.add_parser("table", help="Table I / II in Markdown from finished runs")
-    p.add_argument("runs", nargs="+", help="run folders holding test_summary.json")
+    p = sub.add_parser("table", help="Table I / II in Markdown from finished runs, with the "
+                                     "paired gains of every model over the baseline")
+    p.add_argument("runs", nargs="+", help="run folders holding test_summary.json and "
+                                           "test_results.csv")
+    p.add_argument("--baseline", help="the run the others are paired with (default: the "
+                                      "convtasnet run among RUNS)")
+    p.add_argument("--metric", default="si_snr_i",
+                   choices=("si_snr_i", "si_snr", "sdr_i", "sdr", "stoi", "pesq"),
+                   help="per-mixture column compared (default si_snr_i)")
+    p.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--no_significance", action="store_true",
+                   help="only Table I / II (no test_results.csv needed)")
+    p.add_argument("--csv", help="also write one row per run (means and gains) to this CSV")
+    p.add_argument("--json", help="also write the same records and settings to this JSON")
     p.set_defaults(func=_table)
+
+    p = sub.add_parser("plot", help="learning curves, SI-SNRi distributions and spectrograms "
+                                    "of finished runs, as PNGs")
+    p.add_argument("runs", nargs="+", help="run folders written by train.py")
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.add_argument("--baseline", help="the run the others are paired with (default: the "
+                                      "convtasnet run among RUNS)")
+    p.add_argument("--mixture", help="test mixture ID for the spectrograms (default: the "
+                                     "median one by SI-SNRi)")
+    p.add_argument("--device", default="cpu", help="where the runs' models separate it")
+    p.add_argument("--plots", nargs="+", default=["curves", "distributions", "spectrograms"],
+                   choices=("curves", "distributions", "spectrograms"),
+                   help="which figures (default: all); 'curves' alone needs only train_log.txt, "
+                        "so it works on runs still training")
+    p.set_defaults(func=_plot)
     return parser
 
 

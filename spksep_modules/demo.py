@@ -1,7 +1,9 @@
 """``make demo``: the whole pipeline on synthetic data, on a laptop CPU, in minutes.
 
 Writes the demo set, trains the paper's models briefly at small sizes (the same recipes and
-yaml files as for LibriMix, with command-line overrides), evaluates each and prints Table I.
+yaml files as for LibriMix, with command-line overrides), evaluates each, prints Table I with
+the paired gains over the baseline, and writes the figures of ``spksep plot`` into
+``<workdir>/plots``.
 A model whose run already has ``test_summary.json`` is not trained again, and an
 interrupted run resumes from its last checkpoint.
 """
@@ -13,6 +15,7 @@ import sys
 import time
 
 from spksep_modules.data.demo import make_demo_data
+from spksep_modules.plots import plot_runs
 from spksep_modules.tables import tables
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "LibriMix", "separation")
@@ -74,8 +77,9 @@ def train(name: str, data: str, runs: str, extra=()) -> str:
 
 def main(argv=None):
     """``make demo``: write the demo set under ``--workdir``, train and test ``--models``
-    (default: all of ``MODELS``; the conditioned model starts from the trained baseline)
-    and print Table I.
+    (default: all of ``MODELS``; the conditioned model starts from the trained baseline),
+    print Table I and the gains over the baseline, and write the figures into
+    ``<workdir>/plots``.
 
     Example
     -------
@@ -99,7 +103,12 @@ def main(argv=None):
             extra = [f"--basic_model={train('convtasnet', data, runs)}"]
         done.append(train(name, data, runs, extra))
     print()
-    print(tables(done))
+    print(tables(done, significance=True))  # + the paired gains over the baseline
+    plots = plot_runs(done, os.path.join(args.workdir, "plots"))
+    print("\n[demo] figures (learning curves, per-mixture SI-SNRi, spectrograms of the median "
+          "test mixture):")
+    for path in plots:
+        print(f"[demo]   {path}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@ from spksep_modules import SpkSepError
 from spksep_modules.audio import read_any, write_wav
 from spksep_modules.checkpoints import AtomicCheckpointer
 from spksep_modules.models import fuse_for_inference, separator_from_state
+from spksep_modules.models.speechbrain_folder import (
+    check_sample_rate,
+    is_speechbrain_folder,
+    load_speechbrain_folder,
+)
 
 # Objects a run's yaml builds for training only. Only runs saved before separators
 # carried their own description are rebuilt from the yaml, and they must not need e.g.
@@ -61,7 +66,10 @@ def _from_run_yaml(run_dir: str, text: str, state: dict):
 
 def load_run(run_dir: str, device: str = "cpu"):
     """Rebuild a trained separator from its run folder: the best checkpoint (lowest
-    validation loss) in ``save/`` gives both its description and its weights.
+    validation loss) in ``save/`` gives both its description and its weights. A
+    SpeechBrain separator folder (``hyperparams.yaml``, ``encoder.ckpt``, ``masknet.ckpt``,
+    ``decoder.ckpt``, as SpeechBrain publishes its SepFormers) works too
+    (``models.speechbrain_folder``).
 
     Returns ``(separator, sample_rate)``; the separator is in eval mode on ``device``.
 
@@ -79,16 +87,23 @@ def load_run(run_dir: str, device: str = "cpu"):
     >>> type(separator).__name__, same_weights, rate, separator.training
     ('ConvTasNet', True, 8000, False)
     """
+    if is_speechbrain_folder(run_dir):
+        separator, rate = load_speechbrain_folder(run_dir)
+        return separator.to(device).eval(), rate
     text = _run_yaml(run_dir)
     checkpointer = AtomicCheckpointer(os.path.join(run_dir, "save"), {}, clean=False)
     ckpt = checkpointer.find_checkpoint(min_key="loss")
-    if ckpt is None or "separator" not in ckpt.paramfiles:
+    if ckpt is None:
         raise SpkSepError(f"{run_dir}: no checkpoint in save/ (the run has not finished an epoch)")
+    if "separator" not in ckpt.paramfiles:
+        raise SpkSepError(f"{run_dir}: not a separation run (its checkpoints hold "
+                          f"{', '.join(sorted(ckpt.paramfiles))}, no separator)")
     path = ckpt.paramfiles["separator"]
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # truncated or foreign file
-        raise SpkSepError(f"{path}: cannot read checkpoint ({type(err).__name__})") from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SpkSepError(f"{path}: cannot read checkpoint ({reason})") from None
     if state.get("_extra_state"):
         separator = separator_from_state(state, path)
     else:
@@ -99,14 +114,15 @@ def load_run(run_dir: str, device: str = "cpu"):
     return separator.to(device).eval(), int(rate)
 
 
-def load_basic_model(run_dir: str, expected: dict = None):
-    """The trained separator of a run, as the conditioned model's basic model (on CPU; the
-    Brain moves it with the rest).
+def load_basic_model(run_dir: str, expected: dict = None, sample_rate: int = None):
+    """The trained separator of a run (or of a SpeechBrain separator folder), as the
+    conditioned model's basic model (on CPU; the Brain moves it with the rest).
 
     ``expected`` maps constructor arguments (``N``, ``num_spks``, ...) to the values the
     conditioned yaml asks for; ``None`` values mean "whatever the run has". They are
     checked against the arguments the checkpoint recorded: a mismatch is an error rather
-    than a silently different model.
+    than a silently different model. ``sample_rate``, the data's, must be the model's
+    (``None``: unchecked); a model is not resampled.
 
     Example
     -------
@@ -121,7 +137,8 @@ def load_basic_model(run_dir: str, expected: dict = None):
             "python train.py hparams/convtasnet.yaml --data_folder=... --output_folder=RUN_DIR, "
             "then pass --basic_model=RUN_DIR"
         )
-    separator, _ = load_run(run_dir)
+    separator, rate = load_run(run_dir)
+    check_sample_rate(run_dir, rate, sample_rate, "basic_model")
     config = getattr(separator, "config", {})
     for key, want in (expected or {}).items():
         if want is None:

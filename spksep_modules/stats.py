@@ -82,8 +82,8 @@ def paired_difference(ours, baseline, resamples: int = 10000, seed: int = 0) -> 
     >>> d["significant"], d["n"], d["p_value"]  # 4 mixtures: the exact test can say 1/8 at best
     (True, 4, 0.125)
     >>> same = paired_difference(base, base)
-    >>> same["mean"], same["low"], same["high"], same["improved"], same["p_value"], same["significant"]
-    (0.0, 0.0, 0.0, 0.0, 1.0, False)
+    >>> [same[k] for k in ("mean", "low", "high", "improved", "p_value", "significant")]
+    [0.0, 0.0, 0.0, 0.0, 1.0, False]
     """
     ours = np.asarray(ours, dtype=np.float64)
     baseline = np.asarray(baseline, dtype=np.float64)
@@ -99,7 +99,8 @@ def paired_difference(ours, baseline, resamples: int = 10000, seed: int = 0) -> 
     means = np.empty(resamples)
     for start in range(0, resamples, _CHUNK):
         count = min(_CHUNK, resamples - start)
-        means[start : start + count] = diff[rng.integers(0, diff.size, size=(count, diff.size))].mean(axis=1)
+        draws = rng.integers(0, diff.size, size=(count, diff.size))
+        means[start : start + count] = diff[draws].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     mean = float(diff.mean())
     # Resampled means of a constant are that constant up to rounding: report it exactly.

@@ -100,29 +100,317 @@ def markdown_table(title: str, rows: dict, summaries: list) -> str:
     | P weighted-sum | 14.319 | - | - | - | 0.930 | - | - |
     """
     ours = {s["model"]: s for s in summaries}
+    pesq = any("pesq" in s for s in summaries)  # the optional column (yaml key `pesq`)
     lines = [
         f"### {title}",
         "",
-        "| Model | SI-SNR paper | SI-SNR ours | SI-SNRi ours | SDRi ours | STOI paper | STOI ours | test mixtures |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Model | SI-SNR paper | SI-SNR ours | SI-SNRi ours | SDRi ours | STOI paper | STOI ours |"
+        + (" PESQ ours |" if pesq else "") + " test mixtures |",
+        "|---|---|---|---|---|---|---|" + ("---|" if pesq else "") + "---|",
     ]
     for key, (label, paper_si_snr, paper_stoi) in rows.items():
         s = ours.get(key, {})
         lines.append(
             f"| {label} | {paper_si_snr:.3f} | {_fmt(s.get('si_snr'), 3)} | "
             f"{_fmt(s.get('si_snr_i'), 3)} | {_fmt(s.get('sdr_i'), 3)} | {paper_stoi:.3f} | "
-            f"{_fmt(s.get('stoi'), 3)} | {s.get('num_test', '-')} |"
+            f"{_fmt(s.get('stoi'), 3)} |" + (f" {_fmt(s.get('pesq'), 2)} |" if pesq else "")
+            + f" {s.get('num_test', '-')} |"
         )
     return "\n".join(lines)
 
 
-def tables(run_dirs) -> str:
-    """Table I, and Table II when an ablation run is among ``run_dirs``.
+BASELINE_MODEL = "convtasnet"
+# Per-mixture columns a gain can be computed on (``--metric``).
+METRICS = ("si_snr_i", "si_snr", "sdr_i", "sdr", "stoi", "pesq")
+METRIC_LABELS = {"si_snr_i": "SI-SNRi", "si_snr": "SI-SNR", "sdr_i": "SDRi", "sdr": "SDR",
+                 "stoi": "STOI", "pesq": "PESQ"}
+TEST = "Wilcoxon signed-rank, two-sided"
+
+
+def model_label(model: str) -> str:
+    """The paper's row label of a model name (``Table I`` first), else the name itself.
+
+    Example
+    -------
+    >>> model_label("weighted_sum"), model_label("ablation_pos"), model_label("sepformer")
+    ('P weighted-sum', 'Basic loss + D_pos', 'sepformer')
+    """
+    if model in TABLE_I:
+        return TABLE_I[model][0]
+    return TABLE_II[model][0] if model in TABLE_II else model
+
+
+def _paper_si_snr(model):
+    row = TABLE_I.get(model) or TABLE_II.get(model)
+    return row[1] if row else None
+
+
+def _same(a, b):
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def choose_baseline(run_dirs, summaries, baseline=None):
+    """Index in ``run_dirs`` of the baseline run: ``baseline`` when given (a run folder
+    among ``run_dirs``), else the one Conv-TasNet run; ``None`` when there is none.
+
+    Example
+    -------
+    >>> runs = ["runs/a", "runs/b"]
+    >>> choose_baseline(runs, [{"model": "weighted_sum"}, {"model": "convtasnet"}])
+    1
+    >>> choose_baseline(runs, [{"model": "weighted_sum"}, {"model": "triplet_like"}]) is None
+    True
+    >>> choose_baseline(runs, [{"model": "convtasnet"}, {"model": "convtasnet"}])
+    Traceback (most recent call last):
+    ...
+    spksep_modules.SpkSepError: several baseline (convtasnet) runs given: runs/a, runs/b; name one with --baseline
+    """
+    if baseline is not None:
+        for i, run in enumerate(run_dirs):
+            if _same(run, baseline):
+                return i
+        raise SpkSepError(f"--baseline {baseline}: not among the runs given")
+    found = [i for i, s in enumerate(summaries) if s["model"] == BASELINE_MODEL]
+    if len(found) > 1:
+        names = ", ".join(str(run_dirs[i]) for i in found)
+        raise SpkSepError(
+            f"several baseline ({BASELINE_MODEL}) runs given: {names}; name one with --baseline"
+        )
+    return found[0] if found else None
+
+
+def _labels(run_dirs, summaries):
+    """Row labels; runs of the same model are told apart by their folder name."""
+    labels = [model_label(s["model"]) for s in summaries]
+    return [
+        f"{label} ({os.path.basename(os.path.normpath(str(run)))})" if labels.count(label) > 1
+        else label
+        for label, run in zip(labels, run_dirs)
+    ]
+
+
+def paired_gains(run_dirs, summaries=None, baseline=None, metric: str = "si_snr_i",
+                 resamples: int = 10000, seed: int = 0) -> dict:
+    """Paired per-mixture gains of every run over the baseline run.
 
     Arguments
     ---------
     run_dirs : list of str
-        Run folders, each holding a ``test_summary.json``.
+        Finished runs (``test_summary.json`` and ``test_results.csv``), the baseline among them.
+    summaries : list of dict or None
+        Their :func:`read_summary` (read here when ``None``).
+    baseline : str or None
+        The baseline run folder; ``None``: the one ``convtasnet`` run (see :func:`choose_baseline`).
+    metric : str
+        The ``test_results.csv`` column compared (one of ``METRICS``).
+    resamples, seed : int
+        Of the bootstrap (see ``stats.paired_difference``).
+
+    Returns
+    -------
+    dict
+        ``baseline`` (its folder, or ``None`` when no baseline run is among the runs),
+        ``metric``, ``resamples``, ``seed``, ``test``, ``num_test`` and ``gains``: one dict per
+        other run with ``run``, ``model``, ``label``, ``paper_gap`` (the paper's SI-SNR
+        difference between the two models, when it has both) and what
+        ``stats.paired_difference`` returns (``mean``, ``low``, ``high``, ``improved``,
+        ``p_value``, ``significant``, ``n``).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> def fake_run(root, model, si_snr_i, ids=("m1", "m2", "m3")):
+    ...     run = os.path.join(root, model)
+    ...     os.makedirs(run)
+    ...     with open(os.path.join(run, "test_summary.json"), "w") as f:
+    ...         json.dump({"model": model, "num_test": len(ids)}, f)
+    ...     with open(os.path.join(run, "test_results.csv"), "w") as f:
+    ...         f.write("mixture_ID,si_snr_i\\n")
+    ...         f.writelines(f"{i},{v}\\n" for i, v in zip(ids, si_snr_i))
+    ...     return run
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...     base = fake_run(root, "convtasnet", [8.0, 10.0, 12.0])
+    ...     ours = fake_run(root, "weighted_sum", [9.0, 10.5, 12.1])  # better on every mixture
+    ...     gain = paired_gains([base, ours])["gains"][0]
+    ...     other = fake_run(root, "triplet_like", [9.0, 10.5, 12.1], ids=("m1", "m2", "x9"))
+    ...     paired_gains([base, other])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    spksep_modules.SpkSepError: .../triplet_like and .../convtasnet were evaluated on different test sets (1 mixtures not in the baseline's, 1 of its 3 missing, e.g. x9); they cannot be paired
+    >>> gain["label"], round(gain["mean"], 3), gain["low"] > 0, gain["improved"], gain["paper_gap"]
+    ('P weighted-sum', 0.533, True, 1.0, 0.201)
+    """
+    if metric not in METRICS:
+        raise SpkSepError(f"--metric {metric}: unknown, choose one of {', '.join(METRICS)}")
+    run_dirs = [str(r) for r in run_dirs]
+    summaries = summaries if summaries is not None else [read_summary(r) for r in run_dirs]
+    out = {"baseline": None, "metric": metric, "resamples": resamples, "seed": seed,
+           "test": TEST, "num_test": None, "gains": []}
+    index = choose_baseline(run_dirs, summaries, baseline)
+    if index is None or len(run_dirs) < 2:
+        if index is not None:
+            out["baseline"] = run_dirs[index]
+        return out
+    base_dir, base_summary = run_dirs[index], summaries[index]
+    base = read_test_results(base_dir)
+    ids = list(base)
+    where = os.path.join(base_dir, "test_results.csv")
+    base_values = column(base, metric, ids, where)
+    labels = _labels(run_dirs, summaries)
+    out.update(baseline=base_dir, num_test=len(ids))
+    for i, (run, summary) in enumerate(zip(run_dirs, summaries)):
+        if i == index:
+            continue
+        results = read_test_results(run)
+        if set(results) != set(ids):
+            missing = [m for m in ids if m not in results]
+            extra = [m for m in results if m not in base]
+            example = (extra or missing)[0]
+            raise SpkSepError(
+                f"{run} and {base_dir} were evaluated on different test sets ({len(extra)} "
+                f"mixtures not in the baseline's, {len(missing)} of its {len(ids)} missing, "
+                f"e.g. {example}); they cannot be paired"
+            )
+        values = column(results, metric, ids, os.path.join(run, "test_results.csv"))
+        paper, paper_base = _paper_si_snr(summary["model"]), _paper_si_snr(base_summary["model"])
+        gap = round(paper - paper_base, 3) if None not in (paper, paper_base) else None
+        out["gains"].append({
+            "run": run, "model": summary["model"], "label": labels[i], "paper_gap": gap,
+            **paired_difference(values, base_values, resamples=resamples, seed=seed),
+        })
+    return out
+
+
+def _signed(value, digits=3):
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+def _p(value):
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def gains_table(gains: dict, summaries=None) -> str:
+    """The Markdown table of :func:`paired_gains`: the gap of each model over the baseline,
+    its 95% interval (in bold when it excludes zero), the share of mixtures improved and the
+    p-value.
+
+    Example
+    -------
+    >>> gains = {"baseline": "runs/convtasnet", "metric": "si_snr_i", "resamples": 10000,
+    ...          "seed": 0, "test": TEST, "num_test": 3000, "gains": [
+    ...     {"label": "P weighted-sum", "paper_gap": 0.201, "mean": 0.31, "low": 0.12,
+    ...      "high": 0.5, "improved": 0.62, "p_value": 0.0004, "significant": True, "n": 3000}]}
+    >>> print(gains_table(gains).splitlines()[-3])
+    | P weighted-sum | +0.201 | **+0.310** | **[+0.120, +0.500]** | 62% | 4.0e-04 |
+    """
+    metric = METRIC_LABELS.get(gains["metric"], gains["metric"])
+    title = f"### Gains over the baseline: paired per-mixture {metric} differences"
+    if gains["baseline"] is None:
+        return f"{title}\n\nNo baseline ({BASELINE_MODEL}) run given: nothing to pair."
+    if not gains["gains"]:
+        return f"{title}\n\nOnly the baseline run given: nothing to pair."
+    lines = [
+        title,
+        "",
+        f"Baseline: `{gains['baseline']}`, {gains['num_test']} test mixtures. Each model's "
+        f"{metric} minus the baseline's on the same mixture: the mean and its 95% bootstrap "
+        f"interval ({gains['resamples']} resamples, seed {gains['seed']}), the share of "
+        f"mixtures improved, and the p-value of the paired test ({gains['test']}).",
+        "",
+        f"| Model | paper gap (SI-SNR) | Δ{metric} mean | 95% interval | improved | p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for g in gains["gains"]:
+        mean, interval = _signed(g["mean"]), f"[{_signed(g['low'])}, {_signed(g['high'])}]"
+        if g["significant"]:
+            mean, interval = f"**{mean}**", f"**{interval}**"
+        lines.append(f"| {g['label']} | {_signed(g['paper_gap'])} | {mean} | {interval} | "
+                     f"{g['improved']:.0%} | {_p(g['p_value'])} |")
+    lines += ["", "**Bold**: the 95% interval excludes zero."]
+    return "\n".join(lines)
+
+
+def report(run_dirs, significance: bool = True, **pairing) -> tuple:
+    """Table I (and II), the gains table, and the same as records for machines.
+
+    Arguments
+    ---------
+    run_dirs : list of str
+    significance : bool
+        Pair every run with the baseline (needs each run's ``test_results.csv``).
+    **pairing
+        ``baseline``, ``metric``, ``resamples``, ``seed`` of :func:`paired_gains`. A
+        ``baseline`` not among ``run_dirs`` is added to them.
+
+    Returns
+    -------
+    (str, dict)
+        The Markdown, and ``{"runs": [one record per run: run, model, label, num_test, the
+        means of test_summary.json, paper_si_snr, paper_stoi, and the gain fields over the
+        baseline (none for the baseline)], "pairing": {baseline, metric, resamples, seed,
+        test}}``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as run:
+    ...     with open(os.path.join(run, "test_summary.json"), "w") as f:
+    ...         json.dump({"model": "weighted_sum", "si_snr": 14.5, "num_test": 3}, f)
+    ...     text, data = report([run])
+    >>> text.splitlines()[-1]
+    'No baseline (convtasnet) run given: nothing to pair.'
+    >>> record = data["runs"][0]
+    >>> record["label"], record["si_snr"], record["paper_si_snr"], record["mean"]
+    ('P weighted-sum', 14.5, 14.319, None)
+    """
+    run_dirs = [str(r) for r in run_dirs]
+    base = pairing.get("baseline")
+    if base is not None and not any(_same(base, r) for r in run_dirs):
+        run_dirs.append(str(base))
+    summaries = [read_summary(d) for d in run_dirs]
+    models = {s["model"] for s in summaries}
+    out = [markdown_table("Table I: models (Libri2Mix test)", TABLE_I, summaries)]
+    if models & {"ablation_pos", "ablation_neg"}:
+        out.append(markdown_table("Table II: ablation on P weighted-sum", TABLE_II, summaries))
+    out.append(
+        "Paper's SI-SNR column: the paper does not say whether it is the output SI-SNR or the "
+        "improvement, so both of ours are shown."
+    )
+    gains = None
+    if significance:
+        gains = paired_gains(run_dirs, summaries, **pairing)
+        out.append(gains_table(gains))
+    by_run = {g["run"]: g for g in (gains or {}).get("gains", [])}
+    labels = _labels(run_dirs, summaries)
+    records = []
+    for run, summary, label in zip(run_dirs, summaries, labels):
+        paper = TABLE_I.get(summary["model"]) or TABLE_II.get(summary["model"])
+        gain = by_run.get(run, {})
+        record = {"run": run, "model": summary["model"], "label": label,
+                  "num_test": summary.get("num_test"),
+                  **{k: summary.get(k) for k in ("si_snr", "si_snr_i", "sdr", "sdr_i", "stoi")},
+                  "paper_si_snr": paper[1] if paper else None,
+                  "paper_stoi": paper[2] if paper else None}
+        if "pesq" in summary:
+            record["pesq"] = summary["pesq"]
+        record.update({k: gain.get(k) for k in GAIN_FIELDS})
+        records.append(record)
+    pairing_info = {k: v for k, v in (gains or {}).items() if k != "gains"}
+    return "\n\n".join(out), {"runs": records, "pairing": pairing_info}
+
+
+GAIN_FIELDS = ("paper_gap", "mean", "low", "high", "improved", "p_value", "significant")
+
+
+def tables(run_dirs, significance: bool = False, **pairing) -> str:
+    """Table I, Table II when an ablation run is among ``run_dirs``, and with
+    ``significance`` the paired gains over the baseline run (see :func:`report`).
+
+    Arguments
+    ---------
+    run_dirs : list of str
+        Run folders, each holding a ``test_summary.json`` (and ``test_results.csv`` for
+        ``significance``).
 
     Returns
     -------
@@ -139,13 +427,34 @@ def tables(run_dirs) -> str:
     >>> [line for line in text.splitlines() if line.startswith("###")]
     ['### Table I: models (Libri2Mix test)', '### Table II: ablation on P weighted-sum']
     """
-    summaries = [read_summary(d) for d in run_dirs]
-    models = {s["model"] for s in summaries}
-    out = [markdown_table("Table I: models (Libri2Mix test)", TABLE_I, summaries)]
-    if models & {"ablation_pos", "ablation_neg"}:
-        out.append(markdown_table("Table II: ablation on P weighted-sum", TABLE_II, summaries))
-    out.append(
-        "\nPaper's SI-SNR column: the paper does not say whether it is the output SI-SNR or the "
-        "improvement, so both of ours are shown."
-    )
-    return "\n\n".join(out)
+    return report(run_dirs, significance, **pairing)[0]
+
+
+def write_records(data: dict, csv_path=None, json_path=None):
+    """Write :func:`report`'s records: ``csv_path`` one row per run, ``json_path`` the
+    records and the pairing settings. Either may be ``None``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> data = {"runs": [{"run": "runs/a", "model": "convtasnet", "mean": None}],
+    ...         "pairing": {"metric": "si_snr_i"}}
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     write_records(data, os.path.join(tmp, "t.csv"), os.path.join(tmp, "t.json"))
+    ...     print(open(os.path.join(tmp, "t.csv")).read().strip())
+    ...     json.load(open(os.path.join(tmp, "t.json")))["pairing"]
+    run,model,mean
+    runs/a,convtasnet,
+    {'metric': 'si_snr_i'}
+    """
+    if csv_path:
+        fields = list(dict.fromkeys(k for r in data["runs"] for k in r))
+        with open(csv_path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            for record in data["runs"]:
+                writer.writerow({k: "" if v is None else v for k, v in record.items()})
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")

@@ -1,14 +1,13 @@
-"""End to end: train.py for every yaml, resume after a kill, DDP, the speaker-ID recipe,
-the spksep command. Tiny models on a tiny demo set, a couple of steps each."""
+"""End to end: train.py for every yaml, the speaker-ID recipe, the spksep command. Tiny
+models on a tiny demo set, a couple of steps each. Bad inputs, kills (also under DDP) and
+other faults: tests/test_reliability.py."""
 
 import csv
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -123,85 +122,6 @@ def test_speaker_id_recipe_feeds_conditioning(data, baseline, tmp_path):
     check_run_outputs(out, "conditioning")
 
 
-def read_if_there(path):
-    try:
-        return path.read_text()
-    except FileNotFoundError:  # deleted by the run between glob and read
-        return ""
-
-
-def test_resume_after_kill_inside_an_epoch(tmp_path):
-    # Enough steps per epoch that the run is surely still inside an epoch when killed.
-    data = make_demo_data(tmp_path / "d", num_train=40, num_dev=2, num_test=2, seconds=0.8,
-                          num_train_speakers=8, num_dev_speakers=2, num_test_speakers=2)
-    out = tmp_path / "resume"
-    args = [sys.executable, "train.py", "hparams/convtasnet.yaml", f"--data_folder={data}",
-            f"--output_folder={out}", *SIZES, *OPTS, "--batch_size=1", "--number_of_epochs=2",
-            "--ckpt_interval_minutes=0", "--ckpt_interval_steps=2"]
-    proc = subprocess.Popen(args, cwd=SEPARATION, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    try:  # kill as soon as an intra-epoch checkpoint exists
-        while time.time() < deadline and proc.poll() is None:
-            if any("end-of-epoch: false" in read_if_there(m) for m in out.glob("save/CKPT+*/CKPT.yaml")):
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended on its own before it was killed"
-    assert not (out / "test_summary.json").exists(), "the run finished before it was killed"
-    proc = subprocess.run(args, cwd=SEPARATION, env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    log_txt = (out / "log.txt").read_text()
-    assert "Loading a checkpoint" in log_txt
-    epochs = [l for l in (out / "train_log.txt").read_text().splitlines() if l.startswith("epoch:")]
-    assert [l.split(",")[0] for l in epochs] == ["epoch: 1", "epoch: 2"]
-    check_run_outputs(out, "convtasnet")
-
-
-def test_ddp_with_gloo_on_two_processes(data, tmp_path):
-    out = tmp_path / "ddp"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "train.py", "hparams/convtasnet.yaml", f"--data_folder={data}", f"--output_folder={out}",
-         "--distributed_backend=gloo", *TINY],
-        cwd=SEPARATION, env=ENV, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    check_run_outputs(out, "convtasnet")
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--data_folder=/nonexistent/Libri2Mix"], "/nonexistent/Libri2Mix"),
-    (["--data_folder={data}", "--no_such_key=1"], "no_such_key"),
-    ([], "data_folder"),
-])
-def test_user_errors_are_one_line(args, message, data, tmp_path):
-    args = [a.format(data=data) for a in args]
-    proc = run(SEPARATION, ["hparams/convtasnet.yaml", f"--output_folder={tmp_path / 'x'}",
-                            "--device=cpu", *args], check=False)
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message in last
-    assert "Traceback" not in proc.stderr
-
-
-def test_conditioning_without_baseline_names_the_command(data, tmp_path):
-    proc = run(SEPARATION, ["hparams/conditioning.yaml", f"--data_folder={data}",
-                            f"--output_folder={tmp_path / 'c'}", f"--basic_model={tmp_path / 'none'}",
-                            "--speaker_net=ge2e", "--device=cpu"], check=False)
-    assert proc.returncode == 2
-    assert "hparams/convtasnet.yaml" in proc.stderr.splitlines()[-1]
-
-
-def test_wav2vec1_without_checkpoint_says_what_to_pass(data, tmp_path):
-    proc = run(SEPARATION, ["hparams/weighted_sum.yaml", f"--data_folder={data}",
-                            f"--output_folder={tmp_path / 'w'}", "--device=cpu"], check=False)
-    assert proc.returncode == 2
-    assert "representation_ckpt" in proc.stderr.splitlines()[-1]
-
-
 def spksep(*args):
     return subprocess.run([sys.executable, "-m", "spksep_modules.cli", *map(str, args)],
                           env=ENV, capture_output=True, text=True, timeout=300)
@@ -245,3 +165,77 @@ def test_test_only_evaluates_an_existing_run_without_training(data, baseline):
     check_run_outputs(baseline, "convtasnet")
     new_lines = (baseline / "train_log.txt").read_text()[len(log_before):]
     assert "epoch: 2" not in new_lines and "test si_snr" in new_lines
+
+
+# ---------------------------------------------------------------- SepFormer family
+SF_SIZES = ["--N=16", "--num_layers=1", "--K=10", "--intra_layers=1", "--inter_layers=1",
+            "--nhead=2", "--d_ffn=32"]  # a tiny SepFormer
+SF_TINY = [*SF_SIZES, *OPTS, "--batch_size=2", "--number_of_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def sepformer_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "sepformer"
+    run(SEPARATION, ["hparams/sepformer.yaml", f"--data_folder={data}", f"--output_folder={out}",
+                     *SF_TINY])
+    return out
+
+
+@pytest.fixture(scope="module")
+def speechbrain_folder(tmp_path_factory):
+    """A trained SepFormer as SpeechBrain publishes one (hyperparams.yaml + encoder,
+    masknet, decoder .ckpt), at the sizes of SF_SIZES and the demo data's 16 kHz."""
+    import torch
+
+    from spksep_modules.models import SepFormer, save_speechbrain_folder
+
+    folder = tmp_path_factory.mktemp("sepformer-libri2mix-16k")
+    torch.manual_seed(0)
+    model = SepFormer(N=16, num_layers=1, K=10, intra_layers=1, inter_layers=1, nhead=2, d_ffn=32)
+    save_speechbrain_folder(model, folder, sample_rate=16000)
+    return folder
+
+
+def test_sepformer_trains_evaluates_and_resumes_on_two_ddp_processes(sepformer_run, data,
+                                                                      tmp_path):
+    import shutil
+
+    check_run_outputs(sepformer_run, "sepformer")
+    out = tmp_path / "sepformer"
+    shutil.copytree(sepformer_run, out)  # one epoch done: run on to two, with DDP (gloo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "train.py", "hparams/sepformer.yaml", f"--data_folder={data}", f"--output_folder={out}",
+         "--distributed_backend=gloo", *SF_SIZES, *OPTS, "--batch_size=2",
+         "--number_of_epochs=2"],
+        cwd=SEPARATION, env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Loading a checkpoint" in (out / "log.txt").read_text()
+    epochs = [l for l in (out / "train_log.txt").read_text().splitlines() if l.startswith("epoch:")]
+    assert [l.split(",")[0] for l in epochs] == ["epoch: 1", "epoch: 2"]
+    check_run_outputs(out, "sepformer")
+
+
+def test_perceptual_sepformer_fine_tunes_a_speechbrain_folder(data, speechbrain_folder, tmp_path):
+    import torch
+
+    out = tmp_path / "sepformer_weighted_sum"
+    run(SEPARATION, ["hparams/sepformer_weighted_sum.yaml", f"--data_folder={data}",
+                     f"--output_folder={out}", "--representation=ge2e",
+                     f"--init_from={speechbrain_folder}", *SF_TINY])
+    check_run_outputs(out, "sepformer_weighted_sum")
+    assert "train D_pos" in (out / "train_log.txt").read_text()
+    # Three Adam steps at lr 1.5e-4 from the folder's weights (not from a fresh init).
+    start = torch.load(speechbrain_folder / "encoder.ckpt")["conv1d.weight"]
+    trained = torch.load(next((out / "save").glob("CKPT+*/separator.ckpt")))["encoder.weight"]
+    assert 0 < (trained - start).abs().max() < 0.01
+
+
+def test_conditioning_on_a_sepformer_run(data, sepformer_run, tmp_path):
+    out = tmp_path / "cond"
+    run(SEPARATION, ["hparams/sepformer_conditioning.yaml", f"--data_folder={data}",
+                     f"--output_folder={out}", f"--basic_model={sepformer_run}",
+                     "--speaker_net=ge2e", *COND])
+    check_run_outputs(out, "sepformer_conditioning")
+    assert "valid si_snr_intermediate" in (out / "train_log.txt").read_text()

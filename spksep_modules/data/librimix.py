@@ -20,19 +20,28 @@ Cost of ``verify="header"`` (every mixture and source header opened with
 (only checks that every file exists and trusts the metadata's ``length``): 1 s. Cold or
 network storage is slower, but that is paid once: while the data is unchanged the next
 call returns at once.
+
+NaN/Inf samples: only floating-point files (WAV ``FLOAT``/``DOUBLE`` subtypes) can hold
+them, so only those are read in full (in blocks), once, when the CSVs are (re)built; the
+result is cached with them. LibriMix's own files are 16-bit PCM and cost nothing more.
+A WAV file shorter than its RIFF header announces (a cut copy or download) is reported as
+truncated from the first 12 bytes, before its length is compared with the others'.
 """
 
 import csv
 import json
 import os
+import struct
 
+import numpy as np
 import soundfile as sf
 
 from spksep_modules import SpkSepError
+from spksep_modules.audio import _reason
 
 DEFAULT_SPLITS = {"train": "train-100", "valid": "dev", "test": "test"}
 _STATE_FILE = "librimix_prepare.json"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: truncation, NaN/Inf and metadata-path checks
 
 
 def check_librimix_options(num_spks, sample_rate, mode):
@@ -90,9 +99,10 @@ def prepare_librimix(
     splits : dict name -> LibriMix split folder
         Default ``{"train": "train-100", "valid": "dev", "test": "test"}``.
     verify : "header" | "exists"
-        "header": open every file's header and check mono, sample rate, equal lengths of
-        mixture and sources (and the metadata's ``length``). "exists": only check that
-        every file exists.
+        "header": open every file's header and check mono, sample rate, not empty, not
+        truncated, equal lengths of mixture and sources (and the metadata's ``length``),
+        and read floating-point files in full for NaN/Inf samples. "exists": only check
+        that every file exists.
 
     Returns
     -------
@@ -115,6 +125,10 @@ def prepare_librimix(
     ...
     spksep_modules.SpkSepError: .../no_such_folder: data folder not found
     """
+    if not isinstance(data_folder, (str, os.PathLike)) or not os.fspath(data_folder):
+        raise SpkSepError(f"data_folder: expected the LibriMix folder's path, got {data_folder!r}")
+    if splits is not None and not isinstance(splits, dict):
+        raise SpkSepError(f"splits: expected a mapping such as {DEFAULT_SPLITS}, got {splits!r}")
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
     check_librimix_options(num_spks, sample_rate, mode)
     if verify not in ("header", "exists"):
@@ -284,9 +298,10 @@ def _collect_split(base, split, sample_rate, num_spks, verify):
 def _read_metadata(meta, split_dir, num_spks):
     """Entries ``(ID, [mix, s1, ...] paths, length)`` from a LibriMix metadata CSV.
 
-    LibriMix writes absolute paths of the machine that generated the data. The files in
-    the folder being prepared win (``<sub>/<file name>``), so a moved or copied dataset
-    is read where it is now; the recorded path is the fallback.
+    LibriMix writes absolute paths of the machine that generated the data. Files are
+    always taken from the folder being prepared (``<sub>/<file name>``), so a moved or
+    copied dataset is read where it is now. A file missing here that still exists at the
+    recorded path is an error: training would otherwise read part of another copy.
     """
     columns = ["mixture_path"] + [f"source_{i + 1}_path" for i in range(num_spks)]
     try:
@@ -303,7 +318,7 @@ def _read_metadata(meta, split_dir, num_spks):
         raise SpkSepError(f"{meta}: mismatched CSV, it has source_{num_spks + 1}_path but num_spks={num_spks}")
 
     subdirs = ["mix_clean"] + _source_dirs(num_spks)
-    entries, seen = [], set()
+    entries, seen, elsewhere = [], set(), []
     for line, row in enumerate(rows, start=2):
         mixture_id = (row.get("mixture_ID") or "").strip()
         if not mixture_id or any(not (row.get(c) or "").strip() for c in columns):
@@ -315,7 +330,9 @@ def _read_metadata(meta, split_dir, num_spks):
         for sub, column in zip(subdirs, columns):
             recorded = row[column].strip()
             local = os.path.join(split_dir, sub, os.path.basename(recorded.replace("\\", "/")))
-            paths.append(local if os.path.isfile(local) or not os.path.isfile(recorded) else recorded)
+            if not os.path.isfile(local) and os.path.isfile(recorded):
+                elsewhere.append((local, recorded))
+            paths.append(local)
         length = None
         if (row.get("length") or "").strip():
             try:
@@ -323,6 +340,16 @@ def _read_metadata(meta, split_dir, num_spks):
             except ValueError:
                 raise SpkSepError(f"{meta}: line {line} has a bad length {row['length']!r}") from None
         entries.append((mixture_id, paths, length))
+    if elsewhere:
+        # Part of the split is missing here but exists where the metadata was written:
+        # reading those would silently mix two copies of the data set.
+        local, recorded = elsewhere[0]
+        others = f" (and {len(elsewhere) - 1} more files)" if len(elsewhere) > 1 else ""
+        raise SpkSepError(
+            f"{local}: missing from the data folder{others}, though the metadata's {recorded} "
+            f"exists; copy the missing files into {split_dir}, or point --data_folder at the "
+            "complete copy"
+        )
     return entries
 
 
@@ -341,20 +368,23 @@ def _scan_split(split_dir, num_spks):
 
 
 def _check_headers(paths, sample_rate, expected_length):
-    """Header-only checks of a mixture and its sources; returns the length in samples."""
+    """Header checks of a mixture and its sources (plus a full read of floating-point
+    files for NaN/Inf); returns the length in samples."""
     length = None
     for path in paths:
         try:
             info = sf.info(path)
         except (sf.LibsndfileError, RuntimeError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise SpkSepError(f"{path}: cannot read audio header ({reason})") from None
+            raise SpkSepError(f"{path}: cannot read audio header ({_reason(err)})") from None
         if info.channels != 1:
             raise SpkSepError(f"{path}: expected mono, got {info.channels} channels")
         if info.samplerate != sample_rate:
             raise SpkSepError(f"{path}: {sample_rate} Hz expected, file is {info.samplerate} Hz")
         if info.frames == 0:
             raise SpkSepError(f"{path}: file is empty (0 samples)")
+        _check_not_truncated(path)
+        if info.subtype in ("FLOAT", "DOUBLE"):  # integer samples cannot be NaN or Inf
+            _check_finite(path)
         if length is None:
             length = info.frames
         elif info.frames != length:
@@ -366,6 +396,45 @@ def _check_headers(paths, sample_rate, expected_length):
             f"{paths[0]}: length mismatch, metadata says {expected_length} samples, file has {length}"
         )
     return length
+
+
+def _check_not_truncated(path):
+    """A RIFF/WAVE file must be as long as its header says (libsndfile silently reads a
+    cut file as a shorter one)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as err:
+        raise SpkSepError(f"{path}: cannot read ({err.strerror})") from None
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return  # another container: libsndfile's checks are all we have
+    announced = struct.unpack("<I", head[4:8])[0] + 8
+    if announced in (8, 0xFFFFFFFF + 8):  # written by a stream that never went back
+        return
+    if size < announced:
+        raise SpkSepError(
+            f"{path}: file is truncated (its header announces {announced} bytes, "
+            f"the file has {size})"
+        )
+
+
+def _check_finite(path, block=1 << 18):
+    """Every sample of a floating-point file is finite (read in blocks: bounded memory)."""
+    try:
+        with sf.SoundFile(path) as f:
+            start = 0
+            for data in f.blocks(blocksize=block, dtype="float32", always_2d=True):
+                bad = ~np.isfinite(data)
+                if bad.any():
+                    index = start + int(np.argmax(bad.any(axis=1)))
+                    value = data[index - start][bad[index - start]][0]
+                    raise SpkSepError(
+                        f"{path}: contains NaN or Inf samples (first at sample {index}: {value})"
+                    )
+                start += len(data)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise SpkSepError(f"{path}: cannot read audio ({_reason(err)})") from None
 
 
 def _write_csv(path, rows, num_spks, sample_rate):

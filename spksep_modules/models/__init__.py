@@ -5,8 +5,14 @@ from spksep_modules.models.conditioned import ConditionedSeparator, WavesplitSta
 from spksep_modules.models.conv_tasnet import ConvTasNet
 from spksep_modules.models.film import FiLM, FiLMGenerator
 from spksep_modules.models.fused import fuse_for_inference
+from spksep_modules.models.sepformer import SepFormer
+from spksep_modules.models.speechbrain_folder import (
+    load_speechbrain_folder,
+    save_speechbrain_folder,
+)
 
 __all__ = [
     "ConditionedSeparator", "ConvTasNet", "FiLM", "FiLMGenerator", "Separator",
-    "SeparatorOutput", "WavesplitStack", "fuse_for_inference", "separator_from_state",
+    "SepFormer", "SeparatorOutput", "WavesplitStack", "fuse_for_inference",
+    "load_speechbrain_folder", "save_speechbrain_folder", "separator_from_state",
 ]

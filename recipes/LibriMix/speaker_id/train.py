@@ -17,7 +17,7 @@ from spksep_modules.brains import SpeakerIDBrain
 from spksep_modules.checkpoints import AtomicCheckpointer
 from spksep_modules.data.librimix import prepare_librimix
 from spksep_modules.data.speakers import speaker_dataset, speaker_utterances, split_by_speaker
-from spksep_modules.recipe import load_hparams, run
+from spksep_modules.recipe import load_hparams, run, start_run
 from spksep_modules.speakers.rawnet2 import save_rawnet2
 
 
@@ -26,7 +26,7 @@ def main(argv):
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams = load_hparams(hparams_file, overrides)
     out = hparams["output_folder"]
-    sb.create_experiment_directory(out, hyperparams_to_save=hparams_file, overrides=overrides)
+    start_run(hparams_file, overrides, out)
 
     # Speakers come from the separation training split only: dev/test speakers stay unseen.
     run_on_main(

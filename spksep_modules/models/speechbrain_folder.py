@@ -1,0 +1,455 @@
+"""SpeechBrain's trained separators as they are on disk.
+
+SpeechBrain publishes its trained SepFormers (``speechbrain/sepformer-libri2mix``,
+``sepformer-wsj02mix``, ``sepformer-whamr``...) as folders that its users already have
+(``SepformerSeparation.from_hparams(savedir=...)`` leaves one, often as symbolic links
+into the Hugging Face cache)::
+
+    hyperparams.yaml   sample_rate, num_spks, the Encoder / MaskNet / Decoder it builds,
+                       ``modules`` naming them encoder / masknet / decoder, a pretrainer
+    encoder.ckpt       state dict of dual_path.Encoder        (conv1d.weight)
+    masknet.ckpt       state dict of dual_path.Dual_Path_Model
+    decoder.ckpt       state dict of dual_path.Decoder        (weight)
+
+:func:`load_speechbrain_folder` turns such a folder into a :class:`SepFormer` with its
+weights, so it can separate (``spksep separate --model FOLDER``), be the conditioned
+model's ``basic_model``, or give the initial weights of a fine-tuning run
+(:func:`initialised`, the yaml's ``init_from``). Nothing is downloaded: the yaml is read,
+not run (its ``pretrainer`` is never built); its ``!new:`` arguments, references
+resolved by HyperPyYAML, become SepFormer's constructor arguments, so the model it
+describes is rebuilt by our class and its checkpoints record plain numbers.
+
+Sample rates are checked, not converted. ``spksep separate`` resamples the recordings to
+the folder's rate (as SpeechBrain's ``separate_file`` does). A model trained at 8 kHz
+is not an initialisation or a basic model for 16 kHz data: its filters would see every
+frequency doubled and its outputs would lack everything above 4 kHz. That is a one-line
+error naming both rates; train at the folder's rate instead (``--sample_rate=8000``
+reads Libri2Mix's ``wav8k``).
+
+:func:`save_speechbrain_folder` writes the same layout from a SepFormer, which
+SpeechBrain's ``SepformerSeparation.from_hparams(source=FOLDER)`` loads.
+"""
+
+import importlib
+import inspect
+import os
+import re
+
+import torch
+from torch import nn
+
+from spksep_modules import SpkSepError
+from spksep_modules.checkpoints import check_state_dict
+from spksep_modules.models.sepformer import SepFormer
+
+HPARAMS = "hyperparams.yaml"
+MODULES = ("encoder", "masknet", "decoder")  # SepformerSeparation.MODULES_NEEDED
+FILES = (HPARAMS,) + tuple(f"{name}.ckpt" for name in MODULES)
+DUAL_PATH = "speechbrain.lobes.models.dual_path"
+
+
+def is_speechbrain_folder(path) -> bool:
+    """Whether ``path`` looks like a SpeechBrain separator folder rather than a
+    ``train.py`` run folder (which has ``save/``): it holds one of the ``.ckpt`` files,
+    or a ``hyperparams.yaml`` with SpeechBrain's ``modules`` / ``MaskNet`` keys.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     before = is_speechbrain_folder(folder)
+    ...     _ = open(os.path.join(folder, "masknet.ckpt"), "w").close()
+    ...     before, is_speechbrain_folder(folder)
+    (False, True)
+    """
+    path = os.fspath(path or "")
+    if not os.path.isdir(path) or os.path.isdir(os.path.join(path, "save")):
+        return False
+    if any(os.path.lexists(os.path.join(path, f)) for f in FILES[1:]):
+        return True
+    try:
+        with open(os.path.join(path, HPARAMS), encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return re.search(r"^(modules|MaskNet)\s*:", text, re.MULTILINE) is not None
+
+
+# ------------------------------------------------------------------ reading the yaml
+def _read_yaml(hparams_file):
+    """The folder's yaml with HyperPyYAML's references resolved, nothing instantiated."""
+    import ruamel.yaml
+    from hyperpyyaml import resolve_references
+
+    try:
+        with open(hparams_file, encoding="utf-8") as f:
+            text = f.read()
+        return ruamel.yaml.YAML().load(resolve_references(text).getvalue())
+    except OSError as err:
+        raise SpkSepError(f"{hparams_file}: cannot read ({err.strerror})") from None
+    except Exception as err:  # yaml syntax, a reference to a missing key...
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise SpkSepError(f"{hparams_file}: not a valid SpeechBrain yaml ({reason})") from None
+
+
+def _plain(value, where):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    raise SpkSepError(f"{where}: expected a number, a boolean or a string, "
+                      f"got {type(value).__name__}")
+
+
+def _arguments(node, cls, where):
+    """``{argument: value}`` of a ``!new:`` node that must build ``cls``, with ``cls``'s
+    defaults filled in; nested ``!new:`` nodes are kept as they are."""
+    tag = getattr(getattr(node, "tag", None), "value", None) or ""
+    if not isinstance(node, dict) or not tag.startswith("!new:"):
+        raise SpkSepError(f"{where}: expected a !new:{cls.__module__}.{cls.__name__} mapping")
+    module_name, _, name = tag[len("!new:"):].rpartition(".")
+    try:
+        built = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        raise SpkSepError(f"{where}: unknown class {tag[5:]}") from None
+    if built is not cls:
+        raise SpkSepError(
+            f"{where}: is a {tag[5:]}; only SepFormer folders ({cls.__module__}."
+            f"{cls.__name__} here) can be loaded")
+    signature = inspect.signature(nn.ConvTranspose1d if cls.__name__ == "Decoder" else cls)
+    params = {k: p for k, p in signature.parameters.items()
+              if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    args = {}
+    for key, value in node.items():
+        if key not in params:
+            raise SpkSepError(f"{where}: unknown argument {key} of {cls.__name__}")
+        args[key] = value if isinstance(value, dict) else _plain(value, f"{where}.{key}")
+    for key, param in params.items():
+        if key in args:
+            continue
+        if param.default is inspect.Parameter.empty:
+            raise SpkSepError(f"{where}: no {key}")
+        args[key] = param.default
+    return args
+
+
+def _require(condition, where, problem):
+    if not condition:
+        raise SpkSepError(f"{where}: {problem}; not a SepFormer this version can load")
+
+
+def sepformer_arguments(folder):
+    """``(SepFormer constructor arguments, sample_rate)`` that a SpeechBrain separator
+    folder's ``hyperparams.yaml`` describes (the yaml alone: no weights read).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     model = SepFormer(N=16, num_layers=1, K=10, intra_layers=1, inter_layers=1,
+    ...                       nhead=2, d_ffn=32)
+    ...     save_speechbrain_folder(model, folder, sample_rate=8000)
+    ...     args, rate = sepformer_arguments(folder)
+    >>> args == model.config, rate
+    (True, 8000)
+    """
+    from speechbrain.lobes.models.dual_path import (
+        Decoder, Dual_Path_Model, Encoder, SBTransformerBlock)
+
+    folder = os.fspath(folder)
+    hparams_file = os.path.join(folder, HPARAMS)
+    hp = _read_yaml(hparams_file)
+    if not isinstance(hp, dict):
+        raise SpkSepError(f"{hparams_file}: not a mapping of keys")
+    for key in ("sample_rate", "num_spks", "modules"):
+        if key not in hp:
+            raise SpkSepError(f"{hparams_file}: no {key} key")
+    rate = hp["sample_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
+        raise SpkSepError(f"{hparams_file}: sample_rate: expected a rate in Hz, got {rate!r}")
+    modules = hp["modules"]
+    for name in MODULES:
+        if not isinstance(modules, dict) or name not in modules:
+            raise SpkSepError(f"{hparams_file}: no modules.{name} key")
+    where = f"{hparams_file}: modules"
+    enc = _arguments(modules["encoder"], Encoder, f"{where}.encoder")
+    mask = _arguments(modules["masknet"], Dual_Path_Model, f"{where}.masknet")
+    dec = _arguments(modules["decoder"], Decoder, f"{where}.decoder")
+    intra = _arguments(mask["intra_model"], SBTransformerBlock, f"{where}.masknet.intra_model")
+    inter = _arguments(mask["inter_model"], SBTransformerBlock, f"{where}.masknet.inter_model")
+
+    N, kernel = enc["out_channels"], enc["kernel_size"]
+    _require(enc["in_channels"] == 1, f"{where}.encoder.in_channels", "not 1")
+    _require(mask["in_channels"] == N, f"{where}.masknet.in_channels", f"not the encoder's {N}")
+    expected_dec = {"in_channels": N, "out_channels": 1, "kernel_size": kernel,
+                    "stride": kernel // 2, "padding": 0, "output_padding": 0, "groups": 1,
+                    "bias": False, "dilation": 1}
+    for key, want in expected_dec.items():
+        _require(dec[key] == want, f"{where}.decoder.{key}", f"{dec[key]!r}, not {want!r}")
+    width = mask["out_channels"]
+    shared = ("nhead", "d_ffn", "dropout", "activation", "use_positional_encoding",
+              "norm_before")
+    for block, name in ((intra, "intra_model"), (inter, "inter_model")):
+        at = f"{where}.masknet.{name}"
+        _require(block["d_model"] == width, f"{at}.d_model", f"not masknet.out_channels ({width})")
+        for key in ("input_shape", "kdim", "vdim"):
+            _require(block[key] is None, f"{at}.{key}", f"{block[key]!r}, not null")
+        _require(block["attention_type"] == "regularMHA", f"{at}.attention_type",
+                 f"{block['attention_type']!r}, not regularMHA")
+    for key in shared:
+        _require(intra[key] == inter[key], f"{where}.masknet.inter_model.{key}",
+                 f"{inter[key]!r}, differs from intra_model's {intra[key]!r}")
+    if hp["num_spks"] != mask["num_spks"]:
+        raise SpkSepError(f"{hparams_file}: num_spks is {hp['num_spks']}, "
+                          f"modules.masknet.num_spks {mask['num_spks']}")
+    args = dict(
+        N=N, kernel_size=kernel, num_spks=mask["num_spks"], num_layers=mask["num_layers"],
+        K=mask["K"], intra_layers=intra["num_layers"], inter_layers=inter["num_layers"],
+        **{key: intra[key] for key in shared}, norm=mask["norm"],
+        skip_around_intra=mask["skip_around_intra"],
+        linear_layer_after_inter_intra=mask["linear_layer_after_inter_intra"],
+        out_channels=None if width == N else width,
+        use_global_pos_enc=mask["use_global_pos_enc"], max_length=mask["max_length"],
+    )
+    order = inspect.signature(SepFormer.__init__).parameters  # config's order
+    return {k: args[k] for k in order if k in args}, int(rate)
+
+
+# ------------------------------------------------------------------ weights
+def _read_state(path):
+    if not os.path.isfile(path):
+        raise SpkSepError(f"{path}: missing; a SpeechBrain separator folder holds "
+                          f"{', '.join(FILES)}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, or not a torch file
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        raise SpkSepError(f"{path}: cannot read checkpoint ({reason})") from None
+    if not isinstance(state, dict):
+        raise SpkSepError(f"{path}: not a state dict")
+    return state
+
+
+def _constant(key):
+    # Sinusoidal tables (buffers, not weights): rebuilt here whatever the file holds.
+    return key.endswith("pos_enc.pe")
+
+
+def load_speechbrain_folder(folder):
+    """``(SepFormer with the folder's weights, in eval mode, sample_rate)`` of a local
+    SpeechBrain separator folder (see the module docstring). Every problem is one
+    ``SpkSepError`` line naming the missing file, the key, or the file that does not fit.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> model = SepFormer(N=16, num_layers=1, K=10, intra_layers=1, inter_layers=1,
+    ...                   nhead=2, d_ffn=32)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     save_speechbrain_folder(model, folder, sample_rate=8000)
+    ...     twin, rate = load_speechbrain_folder(folder)
+    ...     os.remove(os.path.join(folder, "masknet.ckpt"))
+    ...     load_speechbrain_folder(folder)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    spksep_modules.SpkSepError: .../masknet.ckpt: missing; a SpeechBrain separator folder holds hyperparams.yaml, encoder.ckpt, masknet.ckpt, decoder.ckpt
+    >>> mix = torch.randn(1, 808)
+    >>> rate, twin.training, torch.allclose(twin(mix), model.eval()(mix))
+    (8000, False, True)
+    """
+    folder = os.fspath(folder or "")
+    if not os.path.isdir(folder):
+        raise SpkSepError(f"{folder or repr(folder)}: not a folder")
+    for name in FILES:  # name the first missing file before reading anything
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise SpkSepError(f"{os.path.join(folder, name)}: missing; a SpeechBrain "
+                              f"separator folder holds {', '.join(FILES)}")
+    args, rate = sepformer_arguments(folder)
+    try:
+        model = SepFormer(**args)
+    except SpkSepError as err:
+        raise SpkSepError(f"{os.path.join(folder, HPARAMS)}: {err}") from None
+    full = model.state_dict()
+    hparams_file = os.path.join(folder, HPARAMS)
+    for name in MODULES:
+        path = os.path.join(folder, f"{name}.ckpt")
+        state = {k: v for k, v in _read_state(path).items() if not _constant(k)}
+        if name == "encoder":  # SpeechBrain's Encoder wraps our encoder conv as conv1d
+            expected = {"conv1d.weight": full["encoder.weight"]}
+            check_state_dict(expected, state, path, f"the encoder of {hparams_file}")
+            full["encoder.weight"] = state["conv1d.weight"]
+            continue
+        expected = {k[len(name) + 1:]: v for k, v in full.items()
+                    if k.startswith(name + ".") and not _constant(k)}
+        check_state_dict(expected, state, path, f"the {name} of {hparams_file}")
+        full.update({f"{name}.{k}": v for k, v in state.items()})
+    model.load_state_dict(full)
+    return model.eval(), rate
+
+
+def save_speechbrain_folder(model: SepFormer, folder, sample_rate: int):
+    """Write ``model`` in SpeechBrain's layout (``hyperparams.yaml`` with the keys of
+    SpeechBrain's published SepFormer folders, ``encoder.ckpt``, ``masknet.ckpt``,
+    ``decoder.ckpt``), which ``SepformerSeparation.from_hparams(source=folder)`` and
+    :func:`load_speechbrain_folder` load.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     save_speechbrain_folder(SepFormer(N=16, num_layers=1, K=10, intra_layers=1,
+    ...                             inter_layers=1, nhead=2, d_ffn=32), folder, 16000)
+    ...     sorted(os.listdir(folder))
+    ['decoder.ckpt', 'encoder.ckpt', 'hyperparams.yaml', 'masknet.ckpt']
+    """
+    model = getattr(model, "module", model)
+    if not isinstance(model, SepFormer):
+        raise SpkSepError(f"save_speechbrain_folder: a SepFormer, not a {type(model).__name__}")
+    c = model.config
+    width = c["N"] if c["out_channels"] is None else c["out_channels"]
+
+    def v(value):
+        return {True: "true", False: "false", None: "null"}.get(value, value) \
+            if isinstance(value, bool) or value is None else value
+
+    def block(num_layers):
+        return "\n".join([
+            f"  num_layers: {num_layers}", f"  d_model: {width}", f"  nhead: {c['nhead']}",
+            f"  d_ffn: {c['d_ffn']}", f"  dropout: {c['dropout']}",
+            f"  activation: {c['activation']}",
+            f"  use_positional_encoding: {v(c['use_positional_encoding'])}",
+            f"  norm_before: {v(c['norm_before'])}",
+        ])
+
+    text = f"""# ################################
+# Model: SepFormer for source separation (written by spksep in SpeechBrain's layout)
+# https://arxiv.org/abs/2010.13154
+# ################################
+
+# Experiment params
+num_spks: {c['num_spks']}
+sample_rate: {int(sample_rate)}
+
+# Encoder parameters
+N_encoder_out: {c['N']}
+out_channels: {width}
+kernel_size: {c['kernel_size']}
+kernel_stride: {c['kernel_size'] // 2}
+
+# Specifying the network
+Encoder: !new:{DUAL_PATH}.Encoder
+  kernel_size: {c['kernel_size']}
+  out_channels: {c['N']}
+
+SBtfintra: !new:{DUAL_PATH}.SBTransformerBlock
+{block(c['intra_layers'])}
+
+SBtfinter: !new:{DUAL_PATH}.SBTransformerBlock
+{block(c['inter_layers'])}
+
+MaskNet: !new:{DUAL_PATH}.Dual_Path_Model
+  num_spks: {c['num_spks']}
+  in_channels: {c['N']}
+  out_channels: {width}
+  num_layers: {c['num_layers']}
+  K: {c['K']}
+  intra_model: !ref <SBtfintra>
+  inter_model: !ref <SBtfinter>
+  norm: {c['norm']}
+  linear_layer_after_inter_intra: {v(c['linear_layer_after_inter_intra'])}
+  skip_around_intra: {v(c['skip_around_intra'])}
+  use_global_pos_enc: {v(c['use_global_pos_enc'])}
+  max_length: {c['max_length']}
+
+Decoder: !new:{DUAL_PATH}.Decoder
+  in_channels: {c['N']}
+  out_channels: 1
+  kernel_size: {c['kernel_size']}
+  stride: {c['kernel_size'] // 2}
+  bias: false
+
+modules:
+  encoder: !ref <Encoder>
+  decoder: !ref <Decoder>
+  masknet: !ref <MaskNet>
+
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+  loadables:
+    encoder: !ref <Encoder>
+    masknet: !ref <MaskNet>
+    decoder: !ref <Decoder>
+"""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, HPARAMS), "w", encoding="utf-8") as f:
+        f.write(text)
+    torch.save({"conv1d.weight": model.encoder.weight.detach().cpu()},
+               os.path.join(folder, "encoder.ckpt"))
+    for name in ("masknet", "decoder"):
+        state = {k: t.detach().cpu() for k, t in getattr(model, name).state_dict().items()}
+        torch.save(state, os.path.join(folder, f"{name}.ckpt"))
+
+
+# ------------------------------------------------------------------ uses
+def check_sample_rate(source, rate, data_rate, what):
+    """One-line error unless a model at ``rate`` Hz (from ``source``) fits data at
+    ``data_rate`` Hz (``None``: unchecked). Models are not resampled (module docstring).
+
+    Example
+    -------
+    >>> check_sample_rate("sepformer-libri2mix", 8000, 8000, "init_from")
+    >>> check_sample_rate("sepformer-libri2mix", 8000, 16000, "init_from")
+    Traceback (most recent call last):
+        ...
+    spksep_modules.SpkSepError: init_from: sepformer-libri2mix separates at 8000 Hz but sample_rate is 16000: train at its rate (--sample_rate=8000, LibriMix's wav8k) or use a model trained at 16000 Hz
+    """
+    if data_rate is None or int(rate) == int(data_rate):
+        return
+    raise SpkSepError(
+        f"{what}: {source} separates at {int(rate)} Hz but sample_rate is {int(data_rate)}: "
+        f"train at its rate (--sample_rate={int(rate)}, LibriMix's wav{int(rate) // 1000}k) "
+        f"or use a model trained at {int(data_rate)} Hz")
+
+
+def initialised(separator, init_from=None, sample_rate=None):
+    """``separator`` with the weights of ``init_from`` (a SpeechBrain separator folder
+    or a ``train.py`` run folder), or as it is when ``init_from`` is null: the start of
+    a fine-tuning run (the yaml's ``init_from``). The sizes must match (a one-line error
+    names the one to set), and so must the sample rates (``check_sample_rate``).
+
+    A resumed run then loads its own checkpoint over these weights, as any run does.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> small = dict(N=16, num_layers=1, K=10, intra_layers=1, inter_layers=1, nhead=2,
+    ...              d_ffn=32)
+    >>> trained, folder = SepFormer(**small), tempfile.TemporaryDirectory()
+    >>> save_speechbrain_folder(trained, folder.name, sample_rate=16000)
+    >>> model = initialised(SepFormer(**small), folder.name, sample_rate=16000)
+    >>> torch.equal(model.encoder.weight, trained.encoder.weight)
+    True
+    >>> initialised(SepFormer(**{**small, "N": 32}), folder.name)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    spksep_modules.SpkSepError: init_from: ...: checkpoint was trained with N=16, the model here has N=32: set N=16 (or retrain)
+    >>> folder.cleanup()
+    """
+    if init_from is None or init_from == "":
+        return separator
+    from spksep_modules.inference import load_run
+
+    init_from = os.fspath(init_from)
+    if not os.path.isdir(init_from):
+        raise SpkSepError(f"init_from: {init_from!r} is not a folder (expected a SpeechBrain "
+                          "separator folder such as sepformer-libri2mix, or a run folder)")
+    source, rate = load_run(init_from)
+    check_sample_rate(init_from, rate, sample_rate, "init_from")
+    try:
+        separator.load_state_dict(source.state_dict())
+    except SpkSepError as err:
+        raise SpkSepError(f"init_from: {init_from}: {err}") from None
+    return separator
