@@ -9,6 +9,8 @@
 4. SepFormer training step at SpeechBrain's Libri2Mix recipe sizes (batch 1 x 2 s, 8 kHz):
    ours against SpeechBrain's recipe model (same modules, weights and mixtures); the time
    ratio is what our loop around SpeechBrain's mask network costs.
+5. Streaming: algorithmic latency and real-time factor per 10 ms chunk, one thread, of the
+   causal Conv-TasNet at the paper's sizes (``bench_streaming.py``).
 
 Each part runs in its own process so that peak memory is measured per model. Ratios are
 what to read: absolute times depend on the machine and on what else it runs.
@@ -19,7 +21,8 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = ["bench_convtasnet.py", "bench_perceptual.py", "bench_rtf.py", "bench_sepformer.py"]
+PARTS = ["bench_convtasnet.py", "bench_perceptual.py", "bench_rtf.py", "bench_sepformer.py",
+         "bench_streaming.py"]
 
 
 def main():

@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """The README's figures and gains table, from real (small) runs.
 
-    python bench/make_docs_plots.py                      # trains the runs, ~5 min on 2 cores
+    python bench/make_docs_plots.py                      # trains the runs (see below)
     python bench/make_docs_plots.py --runs demo_run/runs/convtasnet demo_run/runs/weighted_sum ...
 
 Without ``--runs`` it writes a demo set (the synthetic LibriMix-layout data of ``make demo``)
 under ``--workdir`` and trains, with the LibriMix recipe, a Conv-TasNet baseline, P
 weighted-sum (GE2E representation, the demo's calibrated weights) and the conditioned model
-(GE2E embeddings) on that baseline, smaller and shorter than ``make demo`` so that the whole
-takes a few minutes of CPU. Finished runs are reused. It then writes ``learning_curves.png``,
-``si_snri.png`` and ``spectrograms.png`` into ``--out`` (default ``docs/``) with a 256-colour
-palette, checks each is under 200 kB, and prints the tables with the gains (``spksep table``).
+(GE2E embeddings) on that baseline, smaller and shorter than ``make demo``: about 15
+minutes of CPU time here (29 minutes on 2 cores shared with other work). Finished runs are
+reused. It then writes ``learning_curves.png``, ``si_snri.png`` and ``spectrograms.png`` into
+``--out`` (default ``docs/``) with a 256-colour palette, checks each is under 200 kB, and
+prints the tables with the gains (``spksep table``).
 """
 
 import argparse

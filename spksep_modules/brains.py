@@ -82,7 +82,8 @@ class SeparationBrain(sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         self.stage_stats = {}
         if not hasattr(self, "nonfinite"):  # one policy per run: its count spans epochs
-            self.nonfinite = SkipNonFinite(getattr(self.hparams, "max_nonfinite_in_a_row", 20))
+            self.nonfinite = SkipNonFinite(
+                getattr(getattr(self, "hparams", None), "max_nonfinite_in_a_row", 20))
         self.nonfinite.skipped = 0  # mixtures skipped, counted per stage
         if stage != sb.Stage.TRAIN:
             separator = self.modules.separator

@@ -21,13 +21,36 @@ def _separate(args):
     precision = resolve_precision(args.precision, args.device)
     print(f"separating in {precision}" + (" (auto)" if args.precision == "auto" else ""),
           file=sys.stderr)
+    failed = []
+
+    def on_error(path, message):  # one line per bad file; the others go on
+        failed.append(path)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+    chunking = {} if args.stream else dict(chunk_seconds=args.chunk_seconds,
+                                           overlap_seconds=args.overlap_seconds)
     written = separate_files(
-        args.files, args.model, args.out, device=args.device,
-        chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
-        precision=precision,
+        args.files, args.model, args.out, device=args.device, precision=precision,
+        on_error=on_error, progress=not args.no_progress, stream=args.stream, **chunking,
     )
     for path in written:
         print(path)
+    if failed:
+        print(f"error: {len(failed)} of {len(args.files)} files failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _export(args):
+    from spksep_modules.export import export_run
+
+    print(export_run(args.run, args.format, args.out, example_seconds=args.example_seconds))
+
+
+def _package(args):
+    from spksep_modules.package import package_run
+
+    print(package_run(args.run, args.out))
 
 
 def _table(args):
@@ -74,7 +97,9 @@ def build_parser():
 
     p = sub.add_parser("separate", help="separate recordings with a trained run")
     p.add_argument("files", nargs="+", help="audio files (any rate, mono or multichannel)")
-    p.add_argument("--model", required=True, help="a run folder written by train.py")
+    p.add_argument("--model", required=True, help="a run folder written by train.py, a "
+                                                 "package (spksep package) or a SpeechBrain "
+                                                 "separator folder")
     p.add_argument("--out", required=True, help="folder for <name>_s1.wav, <name>_s2.wav, ...")
     p.add_argument("--device", default="cpu")
     p.add_argument("--chunk_seconds", type=float, default=30.0)
@@ -82,7 +107,23 @@ def build_parser():
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto (default): bf16 on CPUs with native bf16 (AVX512-BF16, AMX), "
                         "~1.5x faster, outputs within ~40 dB SNR of fp32; fp32 elsewhere")
+    p.add_argument("--stream", action="store_true",
+                   help="run a causal model chunk by chunk (10 ms at 8 kHz), as live audio")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_separate)
+
+    p = sub.add_parser("export", help="write a trained model as ONNX or TorchScript")
+    p.add_argument("run", help="a run folder, a package or a SpeechBrain separator folder")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--example_seconds", type=float, default=1.0,
+                   help="length of the example input the graph is traced on")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("package", help="write a self-contained model folder")
+    p.add_argument("run", help="a run folder, a package or a SpeechBrain separator folder")
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.set_defaults(func=_package)
 
     p = sub.add_parser("table", help="Table I / II in Markdown from finished runs, with the "
                                      "paired gains of every model over the baseline")
@@ -119,7 +160,8 @@ def build_parser():
 
 
 def main(argv=None):
-    """Run ``spksep`` on ``argv`` (default: ``sys.argv[1:]``); returns the exit status: 0,
+    """Run ``spksep`` on ``argv`` (default: ``sys.argv[1:]``); returns the exit status:
+    0, 1 when some files of ``separate`` failed (each got its ``error:`` line, the others were written),
     or 2 with one ``error:`` line on stderr for a user's mistake (``SpkSepError``). A
     malformed command line exits (``SystemExit``) with argparse's usage message, status 2.
 
@@ -133,11 +175,11 @@ def main(argv=None):
     """
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except SpkSepError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -12,13 +12,15 @@ output is resampled back to the recording's own rate.
 
 import itertools
 import os
+import sys
 
 import ruamel.yaml
+from tqdm import tqdm
 import torch
 import torchaudio.functional as AF
 from hyperpyyaml import load_hyperpyyaml
 
-from spksep_modules import SpkSepError
+from spksep_modules import SpkSepError, one_line
 from spksep_modules.audio import read_any, write_wav
 from spksep_modules.checkpoints import AtomicCheckpointer
 from spksep_modules.models import fuse_for_inference, separator_from_state
@@ -69,7 +71,7 @@ def load_run(run_dir: str, device: str = "cpu"):
     validation loss) in ``save/`` gives both its description and its weights. A
     SpeechBrain separator folder (``hyperparams.yaml``, ``encoder.ckpt``, ``masknet.ckpt``,
     ``decoder.ckpt``, as SpeechBrain publishes its SepFormers) works too
-    (``models.speechbrain_folder``).
+    (``models.speechbrain_folder``), and so does a package folder (``spksep_modules.package``).
 
     Returns ``(separator, sample_rate)``; the separator is in eval mode on ``device``.
 
@@ -87,6 +89,10 @@ def load_run(run_dir: str, device: str = "cpu"):
     >>> type(separator).__name__, same_weights, rate, separator.training
     ('ConvTasNet', True, 8000, False)
     """
+    from spksep_modules.package import is_package, load_package
+
+    if is_package(run_dir):
+        return load_package(run_dir, device)
     if is_speechbrain_folder(run_dir):
         separator, rate = load_speechbrain_folder(run_dir)
         return separator.to(device).eval(), rate
@@ -227,7 +233,7 @@ def _best_order(prev: torch.Tensor, new: torch.Tensor) -> list:
 @torch.no_grad()
 def separate_waveform(
     separator, mix: torch.Tensor, chunk_seconds: float = 30.0, overlap_seconds: float = 2.0,
-    sample_rate: int = 16000, precision: str = "fp32",
+    sample_rate: int = 16000, precision: str = "fp32", progress: bool = False,
 ) -> torch.Tensor:
     """Separate a mono signal ``mix [T]`` at the model's rate -> ``[T, C]``.
 
@@ -235,7 +241,8 @@ def separate_waveform(
     ``overlap_seconds``; each chunk's outputs are put in the speaker order of the previous
     chunk (best correlation on the overlap) and cross-faded linearly, which bounds memory
     for hour-long recordings. ``precision``: ``"fp32"``, ``"bf16"`` (see ``_estimates``) or
-    ``"auto"`` (see ``resolve_precision``).
+    ``"auto"`` (see ``resolve_precision``). ``progress``: a progress bar over the chunks
+    (on stderr, only when there are several).
 
     Example
     -------
@@ -256,7 +263,8 @@ def separate_waveform(
     hop = chunk - overlap
     starts = list(range(0, mix.numel() - overlap, hop))
     out, filled = None, 0  # out[:filled] is written
-    for start in starts:
+    for start in tqdm(starts, desc="chunks", unit="chunk", leave=False,
+                      disable=not progress or len(starts) < 2):
         piece = _estimates(separator, mix[None, start : start + chunk], precision)
         if out is None:  # one buffer for the whole signal, not a copy per chunk
             out = piece.new_empty(mix.numel(), piece.shape[1])
@@ -282,13 +290,91 @@ def _match_mixture_scale(est: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
     return (est.double() * gains).float()
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def is_silent(wav: torch.Tensor) -> bool:
+    """Whether ``wav`` is all zeros (digital silence): nothing to separate.
+
+    Example
+    -------
+    >>> is_silent(torch.zeros(100)), is_silent(torch.tensor([0.0, 1e-9]))
+    (True, False)
+    """
+    return not bool(wav.abs().max() > 0)
+
+
+def separate_recording(separator, path, model_rate: int, out_dir: str, device: str = "cpu",
+                       precision: str = "fp32", progress: bool = False, notice=_stderr,
+                       separate=None, **chunking):
+    """Separate one recording ``path``; write ``out_dir/<name>_s<i>.wav``; return their paths.
+
+    Channels are averaged, the signal is resampled to ``model_rate`` and back, outputs are
+    scaled to add up to the mixture. An all-zero recording gives all-zero outputs (no model
+    call) and one ``notice`` line. ``separate(mix [T]) -> [T, C]`` replaces the chunked
+    :func:`separate_waveform` (e.g. a streaming separator). Every problem of the file is
+    a one-line :class:`SpkSepError`.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from spksep_modules.models import ConvTasNet
+    >>> model = ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1).eval()
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     write_wav(os.path.join(tmp, "quiet.wav"), torch.zeros(800), 8000)
+    ...     paths = separate_recording(model, os.path.join(tmp, "quiet.wav"), 8000, tmp,
+    ...                                notice=print)  # doctest: +ELLIPSIS
+    ...     [os.path.basename(p) for p in paths]
+    notice: ...quiet.wav: silent input (all zeros): the outputs are silent too
+    ['quiet_s1.wav', 'quiet_s2.wav']
+    """
+    path = os.fspath(path)
+    wav, rate = read_any(path)  # [T, channels]
+    mono = wav.mean(dim=1)
+    num_spks = int(getattr(separator, "num_spks", 2))
+    if is_silent(mono):
+        notice(f"notice: {path}: silent input (all zeros): the outputs are silent too")
+        est = torch.zeros(mono.numel(), num_spks)
+    else:
+        mix = AF.resample(mono, rate, model_rate) if rate != model_rate else mono
+        if separate is None:
+            est = separate_waveform(separator, mix.to(device), sample_rate=model_rate,
+                                    precision=precision, progress=progress, **chunking)
+        else:
+            est = separate(mix.to(device))
+        est = est.cpu()
+        if not torch.isfinite(est).all():
+            raise SpkSepError(f"{path}: the model gave NaN or Inf outputs")
+        est = _match_mixture_scale(est, mix)
+        if rate != model_rate:
+            est = AF.resample(est.T, model_rate, rate).T
+        est = est[: mono.numel()]
+    stem = os.path.splitext(os.path.basename(path))[0]
+    written = []
+    for i in range(est.shape[1]):
+        target = os.path.join(out_dir, f"{stem}_s{i + 1}.wav")
+        write_wav(target, est[:, i], rate)
+        written.append(target)
+    return written
+
+
 def separate_files(files, run_dir: str, out_dir: str, device: str = "cpu",
-                   precision: str = "auto", **chunking):
+                   precision: str = "auto", on_error=None, progress: bool = False,
+                   notice=_stderr, stream: bool = False, **chunking):
     """Separate each recording in ``files``; write ``out_dir/<name>_s<i>.wav`` (one per speaker).
 
-    ``precision``: ``"auto"`` (bf16 on CPUs with native bf16, else fp32), ``"fp32"`` or
-    ``"bf16"``; ``chunking``: ``chunk_seconds`` and ``overlap_seconds`` of
-    :func:`separate_waveform`. Returns the list of written paths.
+    ``run_dir``: a run folder, a package (``spksep_modules.package``) or a SpeechBrain
+    separator folder. ``precision``: ``"auto"`` (bf16 on CPUs with native bf16, else fp32),
+    ``"fp32"`` or ``"bf16"``; ``chunking``: ``chunk_seconds`` and ``overlap_seconds`` of
+    :func:`separate_waveform`. ``stream``: run the causal model chunk by chunk
+    (``spksep_modules.streaming``) instead. Returns the list of written paths.
+
+    A bad recording (missing, unreadable, empty, NaN samples, a folder...) raises its
+    one-line :class:`SpkSepError` when ``on_error`` is None; otherwise
+    ``on_error(path, message)`` is called and the next recordings are still separated.
+    ``progress``: progress bars over the files and over the chunks of long ones;
+    ``notice``: where notices (silent inputs) go (default: stderr).
 
     Example
     -------
@@ -299,21 +385,88 @@ def separate_files(files, run_dir: str, out_dir: str, device: str = "cpu",
     """
     precision = resolve_precision(precision, device)
     separator, model_rate = load_run(run_dir, device)
-    separator = fuse_for_inference(separator)
+    separate = None
+    if stream:
+        from spksep_modules.streaming import StreamingSeparator
+
+        streamer = StreamingSeparator(separator)
+        separate = streamer.separate_signal
+    else:
+        separator = fuse_for_inference(separator)
     written = []
-    for path in files:
-        wav, rate = read_any(path)  # [T, channels]
-        mono = wav.mean(dim=1)
-        mix = AF.resample(mono, rate, model_rate) if rate != model_rate else mono
-        est = separate_waveform(separator, mix.to(device), sample_rate=model_rate,
-                                precision=precision, **chunking).cpu()
-        est = _match_mixture_scale(est, mix)
-        if rate != model_rate:
-            est = AF.resample(est.T, model_rate, rate).T
-        est = est[: mono.numel()]
-        stem = os.path.splitext(os.path.basename(path))[0]
-        for i in range(est.shape[1]):
-            target = os.path.join(out_dir, f"{stem}_s{i + 1}.wav")
-            write_wav(target, est[:, i], rate)
-            written.append(target)
+    files = list(files)
+    for path in tqdm(files, desc="files", unit="file", disable=not progress or len(files) < 2):
+        try:
+            written += separate_recording(separator, path, model_rate, out_dir, device,
+                                          precision, progress, notice, separate, **chunking)
+        except Exception as err:  # one bad file must not stop the others
+            if on_error is None:
+                raise
+            message = one_line(err) if isinstance(err, SpkSepError) else (
+                f"{os.fspath(path)}: {type(err).__name__}: {one_line(err)}")
+            on_error(path, message)
     return written
+
+
+class PretrainedSeparator:
+    """Load once, separate many: the inference interface, in SpeechBrain's style.
+
+    ``from_folder(path)`` takes a run folder, a package (``spksep_modules.package``) or a
+    SpeechBrain separator folder; ``separate_batch(mix [B, T])`` -> ``[B, T, C]`` at the
+    model's rate (``sample_rate``), ``separate_file(path)`` -> ``[T, C]`` at the model's
+    rate, for a recording of any rate and channel count (down-mixed and resampled, long
+    ones in chunks, outputs scaled to add up to the mixture; silence gives silence).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from spksep_modules.models import ConvTasNet
+    >>> from spksep_modules.package import save_package
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     _ = save_package(ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1), 8000, tmp)
+    ...     model = PretrainedSeparator.from_folder(tmp)
+    ...     write_wav(os.path.join(tmp, "mix.wav"), torch.randn(16000), 16000)
+    ...     est = model.separate_file(os.path.join(tmp, "mix.wav"))  # 2 s at 16 kHz
+    >>> model.sample_rate, est.shape, model.separate_batch(torch.randn(3, 800)).shape
+    (8000, torch.Size([16000, 2]), torch.Size([3, 800, 2]))
+    """
+
+    def __init__(self, separator, sample_rate: int, device: str = "cpu",
+                 precision: str = "fp32"):
+        self.separator = separator.to(device).eval()
+        self.fused = fuse_for_inference(self.separator)
+        self.sample_rate = int(sample_rate)
+        self.device = device
+        self.precision = resolve_precision(precision, device)
+
+    @classmethod
+    def from_folder(cls, path, device: str = "cpu", precision: str = "fp32"):
+        """Load a run folder, a package or a SpeechBrain separator folder."""
+        separator, rate = load_run(os.fspath(path), device)
+        return cls(separator, rate, device, precision)
+
+    @property
+    def num_spks(self) -> int:
+        """Number of output sources."""
+        return int(self.separator.num_spks)
+
+    @torch.no_grad()
+    def separate_batch(self, mix: torch.Tensor) -> torch.Tensor:
+        """``mix [B, T]`` (or ``[T]``) at ``sample_rate`` -> estimates ``[B, T, C]``."""
+        mix = mix.to(self.device)
+        with torch.autocast(mix.device.type, dtype=torch.bfloat16,
+                            enabled=self.precision == "bf16"):
+            out = self.fused(mix)
+        return out.as_subclass(torch.Tensor).float()
+
+    @torch.no_grad()
+    def separate_file(self, path, **chunking) -> torch.Tensor:
+        """One recording -> its estimates ``[T', C]`` at ``sample_rate``."""
+        wav, rate = read_any(path)
+        mono = wav.mean(dim=1)
+        mix = AF.resample(mono, rate, self.sample_rate) if rate != self.sample_rate else mono
+        if is_silent(mix):
+            return torch.zeros(mix.numel(), self.num_spks)
+        est = separate_waveform(self.fused, mix.to(self.device), sample_rate=self.sample_rate,
+                                precision=self.precision, **chunking).cpu()
+        return _match_mixture_scale(est, mix)

@@ -49,9 +49,15 @@ class SeparationLoss(nn.Module):
     perceptual_share : float or None
         Calibrate the auxiliary term's part weights (l1 and l2, or the triplet's) over the
         ``calibration_batches`` batches after the warm-up so that each part starts at this
-        share of ``|L_basic|`` (floored at 1 dB): ``lp * w_k * part_k = share * |L_basic|``.
-        Those batches train on ``L_basic`` alone; the chosen weights are logged, saved with
-        the checkpoints (resumed runs reuse them) and logged per epoch as ``w_<part>``.
+        share of the basic loss. Those batches train on ``L_basic`` alone; the chosen weights
+        are logged, saved with the checkpoints (resumed runs reuse them) and logged per
+        epoch as ``w_<part>``.
+    calibrate_by : str
+        What the share is of. ``"gradient"`` (default): the norm of each weighted part's
+        gradient with respect to the estimates is ``share`` times that of ``L_basic``, which
+        is what decides how much a term steers training. ``"value"``: each weighted part's
+        value is ``share * |L_basic|`` (floored at 1 dB); a term can then hold a tenth of the
+        loss and still barely move the separator, when its gradient is flat.
     calibration_batches : int
         How many batches the calibration averages over.
 
@@ -72,10 +78,12 @@ class SeparationLoss(nn.Module):
 
     def __init__(self, auxiliary: nn.Module = None, lb: float = 1.0, lp: float = 1.0,
                  warmup_steps: int = 0, perceptual_share: float = None,
-                 calibration_batches: int = 10):
+                 calibrate_by: str = "gradient", calibration_batches: int = 10):
         super().__init__()
         if perceptual_share is not None and not 0 < perceptual_share < 1:
             raise SpkSepError(f"perceptual_share: expected a share in (0, 1), got {perceptual_share}")
+        if calibrate_by not in ("gradient", "value"):
+            raise SpkSepError(f"calibrate_by: expected gradient or value, got {calibrate_by!r}")
         if warmup_steps < 0 or calibration_batches < 1:
             raise SpkSepError("warmup_steps must be >= 0 and calibration_batches >= 1, got "
                               f"{warmup_steps} and {calibration_batches}")
@@ -84,6 +92,7 @@ class SeparationLoss(nn.Module):
         self.warmup_steps = int(warmup_steps)
         self.perceptual_share = perceptual_share
         self.calibration_batches = int(calibration_batches)
+        self.calibrate_by = calibrate_by
         self.step = 0  # training batches seen (restored on resume)
         self.calibration = []  # per batch: [|L_basic|, part_1, part_2, ...]
         self.calibrated = perceptual_share is None
@@ -110,9 +119,7 @@ class SeparationLoss(nn.Module):
         if self.step <= self.warmup_steps or not torch.isfinite(neg_si_snr).all():
             return terms
         if not self.calibrated:
-            with torch.no_grad():
-                aux = self.auxiliary(est_aligned, sources)
-            self._calibrate(basic.detach(), aux["parts"])
+            self._calibrate(self._scales(basic, estimates, est_aligned, sources))
             return terms
         aux = self.auxiliary(est_aligned, sources)
         terms.update({k: v for k, v in aux.items() if k != "parts"})
@@ -121,18 +128,34 @@ class SeparationLoss(nn.Module):
             terms.update({f"w_{k}": torch.tensor(w) for k, w in self.auxiliary.weights.items()})
         return terms
 
-    def _calibrate(self, basic, parts):
-        self.calibration.append([float(basic.abs())] + [float(v) for v in parts.values()])
+    def _scales(self, basic, estimates, est_aligned, sources) -> dict:
+        """What each part is measured by for calibration: ``{"basic": ..., part: ...}``,
+        gradient norms with respect to the estimates, or values."""
+        if self.calibrate_by == "value" or not estimates.requires_grad:
+            with torch.no_grad():
+                parts = self.auxiliary(est_aligned, sources)["parts"]
+            return {"basic": max(float(basic.abs()), BASIC_FLOOR_DB),
+                    **{k: float(v) for k, v in parts.items()}}
+        parts = self.auxiliary(est_aligned, sources)["parts"]
+        scales = {}
+        for name, value in [("basic", basic), *parts.items()]:
+            grad, = torch.autograd.grad(value, estimates, retain_graph=True, allow_unused=True)
+            scales[name] = 0.0 if grad is None else float(grad.norm())
+        return scales
+
+    def _calibrate(self, scales):
+        self.calibration.append(list(scales.values()))
         if len(self.calibration) < self.calibration_batches:
             return
         means = _all_reduce_mean(torch.tensor(self.calibration, dtype=torch.float64).mean(0))
-        target = self.perceptual_share * max(float(means[0]), BASIC_FLOOR_DB)
+        target = self.perceptual_share * float(means[0])
+        parts = list(scales)[1:]
         for name, value in zip(parts, means[1:].tolist()):
             if value > 1e-12:  # a part that is exactly 0 (a satisfied margin) keeps its weight
                 self.auxiliary.weights[name] = target / (self.lp * value)
         self.calibrated = True
-        logger.info("perceptual weights calibrated at batch %d to %s of |L_basic| = %.3g: %s",
-                    self.step, self.perceptual_share, float(means[0]), self.auxiliary.weights)
+        logger.info("perceptual weights calibrated at batch %d (%s share %s): %s",
+                    self.step, self.calibrate_by, self.perceptual_share, self.auxiliary.weights)
 
     @mark_as_saver
     def _save(self, path):

@@ -21,8 +21,13 @@ from spksep_modules import SpkSepError
 from spksep_modules.models.base import Separator, SeparatorOutput, as_batch
 from spksep_modules.nnet.cpu_kernels import use_cpu_kernels
 from spksep_modules.nnet.filterbank import encode_padded, overlap_add_decode
-from spksep_modules.nnet.layers import DepthwiseConv1d, PReLUGLN
-from spksep_modules.nnet.norms import GlobalLayerNorm
+from spksep_modules.nnet.layers import (
+    CausalDepthwiseConv1d,
+    DepthwiseConv1d,
+    PReLUFrameNorm,
+    PReLUGLN,
+)
+from spksep_modules.nnet.norms import FrameLayerNorm, GlobalLayerNorm
 
 MASK_ACTIVATIONS = ("relu", "sigmoid", "softmax")
 
@@ -45,14 +50,16 @@ class TCNBlock(nn.Module):
     (torch.Size([2, 8, 50]), torch.Size([2, 8, 50]))
     """
 
-    def __init__(self, B, H, P, dilation, residual=True, skip=True, bias=True):
+    def __init__(self, B, H, P, dilation, residual=True, skip=True, bias=True, causal=False):
         super().__init__()
         if not (residual or skip):
             raise ValueError("a TCN block needs a residual or a skip output")
+        act_norm = PReLUFrameNorm if causal else PReLUGLN
         self.in_conv = nn.Conv1d(B, H, 1, bias=bias)
-        self.act_norm1 = PReLUGLN(H)
-        self.dconv = DepthwiseConv1d(H, P, dilation, bias=bias)
-        self.act_norm2 = PReLUGLN(H)
+        self.act_norm1 = act_norm(H)
+        self.dconv = (CausalDepthwiseConv1d if causal else DepthwiseConv1d)(H, P, dilation,
+                                                                             bias=bias)
+        self.act_norm2 = act_norm(H)
         self.out_splits = [B] * (int(residual) + int(skip))
         self.out_conv = nn.Conv1d(H, sum(self.out_splits), 1, bias=bias)
         self.has_residual, self.has_skip = residual, skip
@@ -75,6 +82,8 @@ class TCN(nn.Module):
     ``skip=True`` sums the blocks' skip outputs to feed the masks (paper, Asteroid);
     ``False`` feeds the last block's residual stream (SpeechBrain's MaskNet).
     ``checkpoint=True`` recomputes each block in the backward pass (less memory, ~10% time).
+    ``causal=True``: per-frame layer norms instead of gLN and left-only depthwise padding,
+    so no output frame depends on a later input frame.
 
     Shapes: ``[batch, N, frames] -> [batch, C, N, frames]``.
 
@@ -85,7 +94,7 @@ class TCN(nn.Module):
     """
 
     def __init__(self, N, B, H, P, X, R, num_spks, mask_act="relu", skip=True, bias=True,
-                 checkpoint=False):
+                 checkpoint=False, causal=False):
         super().__init__()
         if mask_act not in MASK_ACTIVATIONS:
             raise SpkSepError(
@@ -93,13 +102,13 @@ class TCN(nn.Module):
                 f"expected one of {', '.join(MASK_ACTIVATIONS)}"
             )
         self.N, self.num_spks, self.mask_act = N, num_spks, mask_act
-        self.skip, self.checkpoint = skip, checkpoint
-        self.in_norm = GlobalLayerNorm(N)
+        self.skip, self.checkpoint, self.causal = skip, checkpoint, causal
+        self.in_norm = FrameLayerNorm(N) if causal else GlobalLayerNorm(N)
         self.bottleneck = nn.Conv1d(N, B, 1, bias=bias)
         last = X * R - 1
         self.blocks = nn.ModuleList(
             TCNBlock(B, H, P, dilation=2**x, residual=not (skip and r * X + x == last),
-                     skip=skip, bias=bias)
+                     skip=skip, bias=bias, causal=causal)
             for r in range(R)
             for x in range(X)
         )
@@ -158,7 +167,12 @@ class ConvTasNet(Separator):
         Activation checkpointing per TCN block (saves memory, costs time).
     cpu_kernels : bool
         Hand-written CPU kernels for the TCN layers (``nnet.cpu_kernels``; faster and
-        leaner on CPU, the same function).
+        leaner on CPU, the same function). They compute gLN and 'same' padding: a causal
+        model runs the plain layers whatever this says.
+    causal : bool
+        Causal TCN (per-frame layer norms, left-only padding): output sample t depends
+        on input samples up to ``t + L - 1`` only, so ``streaming.StreamingSeparator``
+        can run it chunk by chunk. Same state-dict keys as the non-causal model.
 
     Example
     -------
@@ -170,13 +184,15 @@ class ConvTasNet(Separator):
     RUNTIME_ARGS = ("checkpoint", "cpu_kernels")
 
     def __init__(self, N=512, L=16, B=128, H=512, P=3, X=8, R=3, num_spks=2, mask_act="relu",
-                 skip=True, bias=True, checkpoint=False, cpu_kernels=True):
+                 skip=True, bias=True, checkpoint=False, cpu_kernels=True, causal=False):
         super().__init__()
         if L < 2:
             raise SpkSepError(f"L: filter length must be at least 2, got {L}")
         self.N, self.L, self.stride, self.num_spks = N, L, L // 2, num_spks
+        self.causal = bool(causal)
         self.encoder = nn.Conv1d(1, N, L, stride=self.stride, bias=False)
-        self.separator = TCN(N, B, H, P, X, R, num_spks, mask_act, skip, bias, checkpoint)
+        self.separator = TCN(N, B, H, P, X, R, num_spks, mask_act, skip, bias, checkpoint,
+                             self.causal)
         self.decoder = nn.ConvTranspose1d(N, 1, L, stride=self.stride, bias=False)
         use_cpu_kernels(self, cpu_kernels)
 

@@ -35,7 +35,13 @@ def encode_padded(encoder, mix):
     """
     length = mix.shape[-1]
     kernel, stride = encoder.kernel_size[0], encoder.stride[0]
-    mix = F.pad(mix, (0, padded_length(length, kernel, stride) - length))
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # The same padding in arithmetic an exported graph keeps symbolic (no max()):
+        # inputs of at least one frame, which is all an export is traced and used on.
+        pad = (stride - (length - kernel) % stride) % stride
+    else:
+        pad = padded_length(length, kernel, stride) - length
+    mix = F.pad(mix, (0, pad))
     return F.relu(encoder(mix.unsqueeze(1)))
 
 

@@ -8,7 +8,9 @@ import torch  # noqa: F401  (docstring examples)
 from torch import nn
 
 from spksep_modules import SpkSepError
-from spksep_modules.nnet.norms import GlobalLayerNorm
+import torch.nn.functional as F
+
+from spksep_modules.nnet.norms import FrameLayerNorm, GlobalLayerNorm
 
 
 class PReLUGLN(nn.Module):
@@ -65,3 +67,43 @@ class DepthwiseConv1d(nn.Conv1d):
             channels, channels, kernel_size, dilation=dilation,
             padding=dilation * (kernel_size - 1) // 2, groups=channels, bias=bias,
         )
+
+
+class PReLUFrameNorm(PReLUGLN):
+    """PReLU followed by a per-frame layer norm (:class:`FrameLayerNorm`): the causal
+    TCN's activation-norm pair. Same parameters and state-dict keys as :class:`PReLUGLN`;
+    the CPU kernels (which compute gLN) leave it alone.
+
+    Example
+    -------
+    >>> layer, x = PReLUFrameNorm(8), torch.randn(1, 8, 20)
+    >>> torch.allclose(layer(x)[..., :5], layer(x[..., :5]))  # causal
+    True
+    """
+
+    def __init__(self, channels, eps=1e-8):
+        super().__init__(channels, eps)
+        self.norm = FrameLayerNorm(channels, eps)
+
+
+class CausalDepthwiseConv1d(DepthwiseConv1d):
+    """Dilated depthwise conv padded on the left only: output frame t reads frames
+    ``t - (P - 1) * dilation .. t``. Same parameters as :class:`DepthwiseConv1d`.
+
+    ``left_context`` frames of input are what a streaming run keeps from one chunk to
+    the next.
+
+    Example
+    -------
+    >>> conv, x = CausalDepthwiseConv1d(8, 3, dilation=2), torch.randn(1, 8, 20)
+    >>> conv.left_context, torch.allclose(conv(x)[..., :7], conv(x[..., :7]))
+    (4, True)
+    """
+
+    def __init__(self, channels, kernel_size, dilation, bias=True):
+        super().__init__(channels, kernel_size, dilation, bias)
+        self.padding = (0,)
+        self.left_context = dilation * (kernel_size - 1)
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (self.left_context, 0)))

@@ -43,6 +43,29 @@ class GlobalLayerNorm(nn.Module):
         return F.group_norm(x, 1, self.gamma, self.beta, self.eps)
 
 
+class FrameLayerNorm(GlobalLayerNorm):
+    """Per-frame layer norm with a learned per-channel affine: the causal TCN's norm.
+
+    Each frame is normalised over its channels only, so no output frame depends on any
+    other frame (what a causal, streamable model needs). Same parameters (and state-dict
+    keys) as :class:`GlobalLayerNorm`. ``[batch, C, frames]``.
+
+    Example
+    -------
+    >>> norm, x = FrameLayerNorm(8), torch.randn(1, 8, 5)
+    >>> torch.allclose(norm(x)[..., :3], norm(x[..., :3]))  # causal
+    True
+    """
+
+    def __init__(self, channels, eps=1e-8):
+        super().__init__(channels, eps)
+        self.shape = (int(channels),)  # a plain int: an exported graph keeps it constant
+
+    def forward(self, x):
+        y = F.layer_norm(x.transpose(1, 2), self.shape, self.gamma, self.beta, self.eps)
+        return y.transpose(1, 2)
+
+
 class ChannelNorm(nn.Module):
     """Normalises each frame over its channels (no learned affine): ``[B, Ch, T]``.
 

@@ -5,7 +5,7 @@ import torch
 
 from spksep_modules import SpkSepError
 from spksep_modules.checkpoints import AtomicCheckpointer
-from spksep_modules.losses import SeparationLoss, TripletLike, WeightedSum
+from spksep_modules.losses import SeparationLoss, TripletLike, WeightedSum, pit_si_snr
 from spksep_modules.losses.perceptual import ToyFeatures, perceptual_distances
 
 
@@ -47,9 +47,25 @@ def calibrated_loss(**kw):
                           calibration_batches=2, **kw).train()
 
 
-def test_calibration_gives_each_part_the_chosen_share():
+def test_gradient_calibration_gives_each_part_the_chosen_share_of_the_gradient():
     est, ref = waves(2)
+    est.requires_grad_(True)
     loss_fn = calibrated_loss(lp=2.0)
+    for _ in range(2):
+        assert "perceptual" not in loss_fn(est, ref)
+
+    def grad_norm(value):
+        return float(torch.autograd.grad(value, est, retain_graph=True)[0].norm())
+
+    basic = grad_norm(pit_si_snr(est, ref)[0].mean())
+    for name, value in loss_fn.auxiliary(est, ref)["parts"].items():
+        share = grad_norm(2.0 * loss_fn.auxiliary.weights[name] * value) / basic
+        assert share == pytest.approx(0.1, rel=1e-4), name
+
+
+def test_value_calibration_gives_each_part_the_chosen_share():
+    est, ref = waves(2)
+    loss_fn = calibrated_loss(lp=2.0, calibrate_by="value")
     for _ in range(2):  # the calibration batches train on the basic loss alone
         terms = loss_fn(est, ref)
         assert "perceptual" not in terms and terms["loss"] == -terms["si_snr"].mean()
@@ -91,10 +107,13 @@ def test_warmup_then_the_term_and_evaluation_does_not_count():
 def test_a_satisfied_margin_keeps_its_weight_and_bad_settings_are_refused():
     est, ref = waves(6)
     loss_fn = SeparationLoss(TripletLike(ToyFeatures(), alpha=0.0, normalised=True),
-                             perceptual_share=0.1, calibration_batches=1).train()
+                             perceptual_share=0.1, calibration_batches=1,
+                             calibrate_by="value").train()
     loss_fn(ref, ref)  # perfect estimates: relu(pos - neg) = 0
     assert loss_fn.auxiliary.weights == {"triplet": 1.0} and loss_fn.calibrated
     with pytest.raises(SpkSepError, match="perceptual_share"):
         SeparationLoss(perceptual_share=1.5)
+    with pytest.raises(SpkSepError, match="calibrate_by"):
+        SeparationLoss(calibrate_by="norm")
     with pytest.raises(SpkSepError, match="warmup_steps"):
         SeparationLoss(warmup_steps=-1)
