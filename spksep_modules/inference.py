@@ -426,9 +426,9 @@ class PretrainedSeparator:
     ...     _ = save_package(ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1), 8000, tmp)
     ...     model = PretrainedSeparator.from_folder(tmp)
     ...     write_wav(os.path.join(tmp, "mix.wav"), torch.randn(16000), 16000)
-    ...     est = model.separate_file(os.path.join(tmp, "mix.wav"))  # 2 s at 16 kHz
+    ...     est = model.separate_file(os.path.join(tmp, "mix.wav"))  # 1 s, at 8 kHz
     >>> model.sample_rate, est.shape, model.separate_batch(torch.randn(3, 800)).shape
-    (8000, torch.Size([16000, 2]), torch.Size([3, 800, 2]))
+    (8000, torch.Size([8000, 2]), torch.Size([3, 800, 2]))
     """
 
     def __init__(self, separator, sample_rate: int, device: str = "cpu",

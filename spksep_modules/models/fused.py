@@ -54,7 +54,7 @@ class FusedTCN(nn.Module):
     def forward(self, enc):
         if not _folding_applies(enc) or getattr(self.tcn, "causal", False):
             return self.tcn(enc)  # gLN folding does not apply to a causal TCN's norms
-        return torch.cat([self._one(e[None]) for e in enc])
+        return torch.cat([self.one_example(e[None]) for e in enc])
 
     def _block(self, block, x):
         y = prelu_(block.in_conv(x), block.act_norm1.act.weight)
@@ -63,7 +63,8 @@ class FusedTCN(nn.Module):
         scale, shift = gln_as_affine(y, block.act_norm2.norm)
         return block.split_outputs(pointwise_folded(y, block.out_conv, scale, shift))
 
-    def _one(self, enc):
+    def one_example(self, enc):
+        """The folded TCN on one example ``[1, N, frames]`` (in place, no autograd)."""
         tcn = self.tcn
         scale, shift = gln_as_affine(enc, tcn.in_norm)
         x = widen_under_autocast(pointwise_folded(enc, tcn.bottleneck, scale, shift))
