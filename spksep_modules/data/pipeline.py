@@ -21,6 +21,7 @@ Batch with ``speechbrain.dataio.batch.PaddedBatch``: ``mix_sig`` -> [batch, time
 import csv
 import operator
 import os
+import zlib
 
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
@@ -38,6 +39,7 @@ def build_datasets(
     segment_seconds=3.0,
     short_policy="pad",
     valid_segment_seconds=None,
+    fixed_crops=False,
 ):
     """One DynamicItemDataset per CSV written by ``prepare_librimix``.
 
@@ -54,6 +56,11 @@ def build_datasets(
         What happens to training mixtures shorter than ``segment_seconds``.
     valid_segment_seconds : float or None
         If set, validation items are cut to their first this many seconds.
+    fixed_crops : bool
+        Training crops at one offset per mixture (drawn from its file name) instead of a
+        new random one every epoch: less augmentation, but the same segment each epoch, so
+        a frozen basic model's outputs can be cached (``ConditionedSeparator``'s
+        ``basic_cache_mb``).
 
     Returns
     -------
@@ -87,7 +94,8 @@ def build_datasets(
         path = os.path.abspath(os.fspath(path))
         _check_csv(path, num_spks)
         if name == "train" and segment_seconds is not None:
-            loader = _SignalLoader(sample_rate, segment_seconds, random_crop=True)
+            loader = _SignalLoader(sample_rate, segment_seconds, random_crop=True,
+                                   fixed=fixed_crops)
         elif name == "valid" and valid_segment_seconds is not None:
             loader = _SignalLoader(sample_rate, valid_segment_seconds, random_crop=False)
         else:
@@ -155,19 +163,25 @@ class _SignalLoader:
     random_crop : bool
         True: a uniformly random offset (shared by mixture and sources), zero-padding
         shorter items to the segment. False: the first ``segment_seconds`` (no padding).
+    fixed : bool
+        With ``random_crop``: the offset is drawn once per mixture (from its file name), not
+        at every read.
     """
 
-    def __init__(self, sample_rate, segment_seconds, random_crop):
+    def __init__(self, sample_rate, segment_seconds, random_crop, fixed=False):
         self.sample_rate = int(sample_rate)
         self.segment = None if segment_seconds is None else int(round(segment_seconds * sample_rate))
         self.random_crop = random_crop
+        self.fixed = fixed
 
     def __call__(self, duration, mix_wav, *source_wavs):
         """Returns (mix [time], sources [time, num_spks])."""
         total = int(round(float(duration) * self.sample_rate))
         start, stop = 0, None
         if self.segment is not None and total > self.segment:
-            if self.random_crop:
+            if self.random_crop and self.fixed:
+                start = zlib.crc32(os.path.basename(mix_wav).encode()) % (total - self.segment + 1)
+            elif self.random_crop:
                 # torch's RNG: seeded by SpeechBrain, and distinct in each DataLoader worker.
                 start = int(torch.randint(0, total - self.segment + 1, (1,)))
             stop = start + self.segment

@@ -61,6 +61,7 @@ from torch import nn
 from spksep_modules import SpkSepError
 from spksep_modules.models.base import Separator, SeparatorOutput, as_batch
 from spksep_modules.models.film import FiLM, FiLMGenerator
+from spksep_modules.nnet.example_cache import ExampleCache
 from spksep_modules.nnet.filterbank import encode_padded, overlap_add_decode
 from spksep_modules.nnet.frozen import Frozen
 from spksep_modules.nnet.norms import plain_norm
@@ -237,6 +238,11 @@ class ConditionedSeparator(Separator):
         and training can only add what the speaker embeddings bring. False: the paper's
         literal reading, each pass predicts new masks (``mask_activation``) from scratch,
         so training first has to relearn what the basic model already does.
+    basic_cache_mb : float
+        With a frozen basic model, keep up to this many MB of its estimates and their
+        embeddings per training example (``nnet.example_cache``): with the data's
+        ``fixed_crops`` the same segments come back every epoch and the basic model and
+        the speaker network run once per segment instead of once per epoch (0: off).
 
     ``forward(mix [B, T]) -> SeparatorOutput``: final estimates ``[B, T, C]`` (in the
     order of the intermediate ones) with ``extras["intermediate"]``, the basic model's.
@@ -252,6 +258,8 @@ class ConditionedSeparator(Separator):
     >>> out.shape, out.extras["intermediate"].shape
     (torch.Size([2, 8000, 2]), torch.Size([2, 8000, 2]))
     """
+
+    RUNTIME_ARGS = ("basic_cache_mb",)
 
     def __init__(
         self,
@@ -270,6 +278,7 @@ class ConditionedSeparator(Separator):
         estimate_cue: bool = True,
         mask_activation: str = "relu",
         residual: bool = False,
+        basic_cache_mb: float = 0,
     ):
         super().__init__()
         if refine_iterations < 1:
@@ -283,6 +292,8 @@ class ConditionedSeparator(Separator):
         self.estimate_cue = bool(estimate_cue)
         self.mask_activation = mask_activation
         self.residual = bool(residual)
+        # A frozen basic model's estimates, and their embeddings, depend on the input alone.
+        self.basic_cache = ExampleCache(basic_cache_mb) if basic_cache_mb > 0 else None
 
         self.basic_model = basic_model
         if self.freeze_basic_model:
@@ -335,6 +346,19 @@ class ConditionedSeparator(Separator):
         return self
 
     # ----------------------------------------------------------------- pieces
+    def basic_pass(self, mix: torch.Tensor):
+        """``mix [B, T]`` -> the intermediate estimates ``[B, T, C]`` and their embeddings
+        ``[B, C, D]``, from the cache when ``basic_cache_mb`` allows it (frozen basic model)."""
+
+        def compute(m):
+            inter = self.separate_basic(m)
+            return inter, self.embed(inter)
+
+        if self.basic_cache is None or not self.freeze_basic_model:
+            return compute(mix)
+        with torch.no_grad():
+            return self.basic_cache(compute, mix)
+
     def separate_basic(self, mix: torch.Tensor) -> torch.Tensor:
         """The basic model: ``mix [B, T]`` -> intermediate estimates ``[B, T, C]``."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_basic_model):
@@ -411,7 +435,7 @@ class ConditionedSeparator(Separator):
         """``mix [B, T]`` (or ``[T]``) -> estimates ``[B, T, C]`` with
         ``extras["intermediate"]``."""
         mix = as_batch(mix, "ConditionedSeparator")
-        intermediate = self.separate_basic(mix)
+        intermediate, first_emb = self.basic_pass(mix)
         if intermediate.shape[-1] != self.num_spks:
             raise SpkSepError(
                 f"basic_model: gives {intermediate.shape[-1]} sources, "
@@ -419,7 +443,7 @@ class ConditionedSeparator(Separator):
             )
         enc = self.encode(mix)
         estimates = intermediate
-        for _ in range(self.refine_iterations):
-            emb = self.embed(estimates)
+        for k in range(self.refine_iterations):
+            emb = first_emb if k == 0 else self.embed(estimates)
             estimates = self.separate_conditioned(enc, emb, estimates)
         return SeparatorOutput.of(estimates, intermediate=intermediate)

@@ -365,6 +365,19 @@ def test_random_segments_are_aligned_crops(csvs):
     assert len(offsets) > 3  # offsets are random
 
 
+def test_fixed_crops_give_each_mixture_one_segment_every_epoch(csvs):
+    torch.manual_seed(0)
+    fixed = build_datasets(csvs, SR, 2, segment_seconds=0.25, fixed_crops=True)["train"]
+    again = build_datasets(csvs, SR, 2, segment_seconds=0.25, fixed_crops=True)["train"]
+    full = build_datasets({"test": csvs["train"]}, SR, 2)["test"]
+    at_start = 0
+    for i in range(len(fixed)):
+        first = fixed[i]["mix_sig"]
+        assert torch.equal(first, fixed[i]["mix_sig"]) and torch.equal(first, again[i]["mix_sig"])
+        at_start += torch.equal(first, full[i]["mix_sig"][: len(first)])
+    assert at_start < len(fixed)  # offsets are drawn, not all 0
+
+
 def test_train_reads_only_the_segment(csvs, soundfile_reads):
     build_datasets({"train": csvs["train"]}, SR, 2, segment_seconds=0.1)["train"][0]
     assert soundfile_reads == [1600] * 3

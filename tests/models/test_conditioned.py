@@ -326,3 +326,26 @@ def test_the_literal_reading_predicts_new_masks_from_scratch():
     model = make(residual=False)
     out = model(torch.randn(2, 900))
     assert not torch.allclose(out.estimates, out.extras["intermediate"], atol=1e-3)
+
+
+def test_the_basic_model_runs_once_per_segment_with_the_cache():
+    model = make(basic_cache_mb=10)
+    calls = []
+    model.basic_model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    mix = torch.randn(3, 700)
+    first = model(mix)
+    second = model(torch.cat([mix[1:], torch.randn(1, 700)]))  # two seen, one new
+    assert calls == [3, 1] and model.basic_cache.hits == 2
+    torch.testing.assert_close(second.extras["intermediate"][:2], first.extras["intermediate"][1:])
+    torch.testing.assert_close(second.estimates[:2], first.estimates[1:])
+    # Gradients still reach the trained parts; the cached ones never had any.
+    second.estimates.square().mean().backward()
+    assert model.film_generator.out.weight.grad is not None or model.stack.out.weight.grad is not None
+
+
+def test_the_cache_is_a_runtime_setting_and_keeps_outputs_exact():
+    cached, plain = make(basic_cache_mb=10), make()
+    plain.load_state_dict(cached.state_dict())  # loads: the cache size is not architecture
+    mix = torch.randn(2, 600)
+    torch.testing.assert_close(cached(mix), plain(mix))
+    torch.testing.assert_close(cached(mix), plain(mix))  # from the cache the second time

@@ -46,6 +46,7 @@ def main(argv):
         segment_seconds=hparams["segment_seconds"],
         short_policy=hparams["short_policy"],
         valid_segment_seconds=hparams["valid_segment_seconds"],
+        fixed_crops=hparams["fixed_crops"],
     )
 
     # The loss is a module too: the Brain moves it (and any frozen network in it) to the
