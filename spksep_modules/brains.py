@@ -163,6 +163,11 @@ class SeparationBrain(sb.Brain):
             summary[PESQ_COLUMN] = sum(scored) / len(scored) if scored else float("nan")
             summary["pesq_mode"] = pesq_mode(self.hparams.sample_rate)
         summary.update(model=self.hparams.model_name, num_test=n)
+        # SI-SNR of the separator's extra estimates (the conditioned model's intermediate
+        # ones), so a summary shows what the final pass adds over them.
+        for key, (total, count) in self.stage_stats.items():
+            if key.startswith("si_snr_") and count:
+                summary[key] = total / count
         if if_main_process():
             folder = self.hparams.output_folder
             with open(os.path.join(folder, "test_results.csv"), "w", newline="") as f:

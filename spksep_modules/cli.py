@@ -1,6 +1,7 @@
 """The ``spksep`` command: demo data, separation of users' files, paper tables, plots."""
 
 import argparse
+import os
 import sys
 
 from spksep_modules import SpkSepError, one_line
@@ -21,6 +22,10 @@ def _separate(args):
     precision = resolve_precision(args.precision, args.device)
     print(f"separating in {precision}" + (" (auto)" if args.precision == "auto" else ""),
           file=sys.stderr)
+    try:  # a folder that cannot hold any output stops everything, before any work
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as err:
+        raise SpkSepError(f"{args.out}: cannot create the folder ({err.strerror})") from None
     failed = []
 
     def on_error(path, message):  # one line per bad file; the others go on
@@ -37,7 +42,7 @@ def _separate(args):
         print(path)
     if failed:
         print(f"error: {len(failed)} of {len(args.files)} files failed", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

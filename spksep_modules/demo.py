@@ -16,7 +16,7 @@ import time
 
 from spksep_modules.data.demo import make_demo_data
 from spksep_modules.plots import plot_runs
-from spksep_modules.tables import tables
+from spksep_modules.tables import read_summary, tables
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "LibriMix", "separation")
 
@@ -104,6 +104,12 @@ def main(argv=None):
         done.append(train(name, data, runs, extra))
     print()
     print(tables(done, significance=True))  # + the paired gains over the baseline
+    for run in done:
+        summary = read_summary(run)
+        if "si_snr_intermediate" in summary:
+            print(f"\n[demo] {summary['model']}: test SI-SNR {summary['si_snr']:.2f} dB, its basic "
+                  f"model's (intermediate) estimates {summary['si_snr_intermediate']:.2f} dB: "
+                  f"conditioning adds {summary['si_snr'] - summary['si_snr_intermediate']:+.2f} dB")
     plots = plot_runs(done, os.path.join(args.workdir, "plots"))
     print("\n[demo] figures (learning curves, per-mixture SI-SNRi, spectrograms of the median "
           "test mixture):")

@@ -141,7 +141,7 @@ def test_cli_separate_goes_on_after_bad_files_and_fails_at_the_end(tmp_path, cap
     status = main(["separate", *map(str, files), "--model", str(run), "--out",
                    str(tmp_path / "out"), "--precision", "fp32", "--no_progress"])
     captured = capsys.readouterr()
-    assert status == 1
+    assert status == 2
     assert len(captured.out.split()) == 2 * len(good)
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(errors) == len(bad) + 1 and errors[-1] == f"error: {len(bad)} of 8 files failed"
