@@ -29,6 +29,7 @@ from spksep_modules.models.speechbrain_folder import (
     is_speechbrain_folder,
     load_speechbrain_folder,
 )
+from spksep_modules.nnet.frozen import keeps_global_rng
 
 # Objects a run's yaml builds for training only. Only runs saved before separators
 # carried their own description are rebuilt from the yaml, and they must not need e.g.
@@ -120,6 +121,7 @@ def load_run(run_dir: str, device: str = "cpu"):
     return separator.to(device).eval(), int(rate)
 
 
+@keeps_global_rng
 def load_basic_model(run_dir: str, expected: dict = None, sample_rate: int = None):
     """The trained separator of a run (or of a SpeechBrain separator folder), as the
     conditioned model's basic model (on CPU; the Brain moves it with the rest).

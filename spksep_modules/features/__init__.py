@@ -8,7 +8,7 @@ data's rate to its own.
 """
 
 from spksep_modules import SpkSepError
-from spksep_modules.nnet.frozen import Frozen
+from spksep_modules.nnet.frozen import Frozen, keeps_global_rng
 
 REPRESENTATIONS = ("wav2vec1", "wav2vec2", "hubert", "wavlm", "ge2e")
 
@@ -26,6 +26,7 @@ def _need_ckpt(name: str, ckpt):
                           f"point it at {_WHERE[name]}")
 
 
+@keeps_global_rng
 def build_representation(name: str, ckpt=None, sample_rate: int = 16000, output: str = "c",
                          layer=None) -> Frozen:
     """Frozen frame-level representation: ``wav [N, T]`` -> ``[N, frames, dim]``.

@@ -1,5 +1,7 @@
 """Freezing and rate adaptation for pretrained networks used inside a loss or a pipeline."""
 
+import functools
+
 import torch
 import torchaudio.functional as AF
 from torch import nn
@@ -74,3 +76,27 @@ class Frozen(Configurable, nn.Module):
     def forward(self, wav: torch.Tensor, *args, **kwargs):
         """``wav [batch, time]`` at ``input_rate`` -> whatever ``net`` returns."""
         return self.net(self.resample(wav), *args, **kwargs)
+
+
+def keeps_global_rng(build):
+    """Decorates a builder of pretrained networks so that it leaves torch's global random
+    stream as it found it: the random initialisation their weights then replace must not
+    shift the separator's initialisation or the data order, or two runs that differ only
+    in their loss would also differ in everything random.
+
+    Example
+    -------
+    >>> @keeps_global_rng
+    ... def build():
+    ...     return nn.Linear(4, 4)   # draws its initial weights
+    >>> _ = torch.manual_seed(0); _ = build(); after = torch.rand(1)
+    >>> _ = torch.manual_seed(0); bool(torch.rand(1) == after)
+    True
+    """
+
+    @functools.wraps(build)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return build(*args, **kwargs)
+
+    return wrapper

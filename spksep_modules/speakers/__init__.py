@@ -8,7 +8,7 @@ data's rate to its own.
 """
 
 from spksep_modules import SpkSepError
-from spksep_modules.nnet.frozen import Frozen
+from spksep_modules.nnet.frozen import Frozen, keeps_global_rng
 
 SPEAKER_NETS = ("rawnet2", "ge2e", "ecapa")
 
@@ -26,6 +26,7 @@ def _need_ckpt(name: str, ckpt):
                           f"point it at {_WHERE[name]}")
 
 
+@keeps_global_rng
 def build_speaker_net(name: str, ckpt=None, sample_rate: int = 16000) -> Frozen:
     """Frozen speaker embedder with ``embed(wav [N, T]) -> [N, dim]`` and ``embedding_dim``.
 
