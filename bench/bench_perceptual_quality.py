@@ -58,7 +58,7 @@ def main(argv=None):
     parser.add_argument("--data_folder", default=None, help="LibriMix-layout folder (default: demo set)")
     parser.add_argument("--workdir", default="bench/out/perceptual_quality")
     parser.add_argument("--epochs", type=int, default=25)
-    parser.add_argument("--share", type=float, default=0.1)
+    parser.add_argument("--share", type=float, default=0.03)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=1.0, help="triplet margin (normalised)")
     parser.add_argument("--seed", type=int, default=1234)
