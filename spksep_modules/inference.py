@@ -48,9 +48,9 @@ def _run_yaml(run_dir: str) -> str:
         return f.read()
 
 
-def _from_run_yaml(run_dir: str, text: str, state: dict):
-    """Runs saved by spksep 0.1: the separator as the run's yaml builds it."""
-    keys = ruamel.yaml.YAML().load(text)
+def _from_run_yaml(run_dir: str, text: str, keys: dict, state: dict):
+    """Runs saved by spksep 0.1: the separator as the run's yaml (``text``, parsed as
+    ``keys``) builds it."""
     unused = {k: None for k in _TRAINING_ONLY if k in keys}
     if "loss" in keys:
         unused["loss"] = None
@@ -111,11 +111,12 @@ def load_run(run_dir: str, device: str = "cpu"):
     except Exception as err:  # truncated or foreign file
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise SpkSepError(f"{path}: cannot read checkpoint ({reason})") from None
+    keys = ruamel.yaml.YAML().load(text)  # parsed, not built: only its sample rate is read
     if state.get("_extra_state"):
         separator = separator_from_state(state, path)
     else:
-        separator = _from_run_yaml(run_dir, text, state)
-    rate = ruamel.yaml.YAML().load(text).get("sample_rate")
+        separator = _from_run_yaml(run_dir, text, keys, state)
+    rate = keys.get("sample_rate")
     if rate is None:
         raise SpkSepError(f"{run_dir}/hyperparams.yaml: no sample_rate")
     return separator.to(device).eval(), int(rate)
