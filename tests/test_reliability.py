@@ -554,6 +554,9 @@ def log_size(out):
 
 
 def loaded_from(log):
+    """The checkpoint a run resumed from: a load logged before its first epoch starts (the
+    test stage's load of the best checkpoint comes after training, and does not count)."""
+    log = log.split("Going into epoch", 1)[0]
     found = re.findall(r"Loading a checkpoint from (\S+)", log)
     return Path(found[0]) if found else None
 
