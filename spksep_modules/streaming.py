@@ -7,7 +7,7 @@ norms, left-padded depthwise convs) and decodes frame k onto samples ``k*S .. k*
 
 - the input samples not yet part of a whole frame (fewer than L);
 - for every TCN block, the last ``(P - 1) * dilation`` frames its depthwise conv read
-  (its left context, a ring of frames);
+  (its left context, a :class:`FrameHistory`);
 - the decoder's overlap-add tail (``L - S`` samples still to receive a later frame).
 
 Each call ``push(chunk)`` returns the samples that are final: sample t is returned as
@@ -27,6 +27,41 @@ import torch.nn.functional as F
 
 from spksep_modules import SpkSepError
 from spksep_modules.nnet.filterbank import overlap_add_decode, padded_length
+
+
+class FrameHistory:
+    """The last ``context`` frames a causal dilated conv reads, kept across chunks.
+
+    A linear buffer with room for several chunks after the context: ``append(y)`` writes
+    the new frames after the current ones and returns a view of the context followed by
+    them, so the taps are plain slices (no concatenation per chunk). When the room runs
+    out, the context is moved back to the front (once every few chunks).
+
+    Example
+    -------
+    >>> history = FrameHistory(context=4, channels=1)
+    >>> history.append(torch.ones(3, 1)).flatten().tolist()  # zeros before the signal
+    [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    >>> history.append(2 * torch.ones(2, 1)).flatten().tolist()
+    [0.0, 1.0, 1.0, 1.0, 2.0, 2.0]
+    """
+
+    def __init__(self, context: int, channels: int, dtype=torch.float32):
+        self.context = context
+        self.buffer = torch.zeros(context + 64, channels, dtype=dtype)
+        self.end = context  # frames before ``end`` hold the history
+
+    def append(self, frames: torch.Tensor) -> torch.Tensor:
+        k = frames.shape[0]
+        if self.end + k > self.buffer.shape[0]:
+            history = self.buffer[self.end - self.context: self.end].clone()
+            if self.context + k > self.buffer.shape[0]:
+                self.buffer = self.buffer.new_zeros(self.context + 8 * k, frames.shape[1])
+            self.buffer[: self.context] = history
+            self.end = self.context
+        self.buffer[self.end: self.end + k] = frames
+        self.end += k
+        return self.buffer[self.end - k - self.context: self.end]
 
 
 class StreamingSeparator:
@@ -86,58 +121,72 @@ class StreamingSeparator:
 
     # ---------------------------------------------------------------- the TCN, causal
     # Frames-first layout [frames, channels]: every 1x1 conv is one small matrix product
-    # (F.linear), every per-frame norm a native layer_norm over the last axis, which on a
-    # few frames costs far less than conv1d's setup.
+    # (addmm with its weight transposed once, here), every per-frame norm a native
+    # layer_norm over the last axis, which on a few frames costs far less than conv1d's
+    # setup. At 10 frames a chunk the per-op cost, not the arithmetic, dominates, so the
+    # loop below is the fewest ops that compute a block (timings: bench/bench_streaming.py).
     def _prepare(self):
-        def lin(conv):
-            return conv.weight[:, :, 0], conv.bias
+        def lin(conv):  # a 1x1 conv as (bias, weight [in, out]) for addmm
+            return conv.bias, conv.weight[:, :, 0].T.contiguous()
+
+        def act_norm(layer):
+            norm = layer.norm
+            return layer.act.weight, (norm.gamma.shape[0],), norm.gamma, norm.beta, norm.eps
 
         tcn = self.tcn
         self.plan = []
         for block in tcn.blocks:
+            taps = block.dconv.weight[:, 0, :].T.contiguous()  # [P, H]
+            bias = block.dconv.bias
             self.plan.append(dict(
                 inp=lin(block.in_conv), out=lin(block.out_conv),
-                a1=block.act_norm1, a2=block.act_norm2,
-                dw=block.dconv.weight[:, 0, :].T.contiguous(),  # [P, H]
-                db=block.dconv.bias, d=block.dconv.dilation[0],
-                ctx=block.dconv.left_context, block=block))
+                act_norm1=act_norm(block.act_norm1), act_norm2=act_norm(block.act_norm2),
+                # the last tap reads the current frames themselves (lag 0)
+                taps=list(taps.unbind(0)),
+                dconv_bias=bias if bias is not None else taps.new_zeros(taps.shape[1]),
+                dilation=block.dconv.dilation[0], context=block.dconv.left_context,
+                res=block.has_residual, skip=block.has_skip, B=block.out_splits[0]))
+        norm = tcn.in_norm
+        self.in_norm = (norm.gamma.shape[0],), norm.gamma, norm.beta, norm.eps
         self.bottleneck = lin(tcn.bottleneck)
-        self.mask_w = tcn.mask_conv.weight[:, :, 0]
+        self.mask_w = tcn.mask_conv.weight[:, :, 0].T.contiguous()
 
     @staticmethod
-    def _act_norm(layer, x):
-        x = F.prelu(x, layer.act.weight)
-        return F.layer_norm(x, x.shape[-1:], layer.norm.gamma, layer.norm.beta, layer.norm.eps)
+    def _act_norm(params, x):
+        slope, shape, gamma, beta, eps = params
+        return F.layer_norm(F.prelu(x, slope), shape, gamma, beta, eps)
 
     def _dconv(self, i, step, y):
-        ctx = self.contexts[i]
-        if ctx is None:
-            ctx = y.new_zeros(step["ctx"], y.shape[1])
-        full = torch.cat([ctx, y], dim=0)  # [ctx + k, H]
-        self.contexts[i] = full[full.shape[0] - step["ctx"]:]
-        k, d, w = y.shape[0], step["d"], step["dw"]
-        out = full[:k] * w[0] if step["db"] is None else torch.addcmul(step["db"], full[:k], w[0])
-        for p in range(1, w.shape[0]):
-            out.addcmul_(full[p * d: p * d + k], w[p])
-        return out
+        """The causal depthwise conv of block ``i`` on the new frames ``y [k, H]``."""
+        context = self.contexts[i]
+        if context is None:
+            context = self.contexts[i] = FrameHistory(step["context"], y.shape[1], y.dtype)
+        taps, d, k = step["taps"], step["dilation"], y.shape[0]
+        past = context.append(y)  # frames t - (P - 1) * d .. t + k - 1, as a view
+        out = torch.addcmul(step["dconv_bias"], past[:k], taps[0])
+        for p in range(1, len(taps) - 1):
+            out.addcmul_(past[p * d: p * d + k], taps[p])
+        return out.addcmul_(y, taps[-1])
 
     def _masks(self, enc):
         """``enc [k, N]`` -> masks ``[C, N, k]``."""
         tcn = self.tcn
-        x = F.linear(F.layer_norm(enc, enc.shape[-1:], tcn.in_norm.gamma, tcn.in_norm.beta,
-                                  tcn.in_norm.eps), *self.bottleneck)
+        shape, gamma, beta, eps = self.in_norm
+        bias, weight = self.bottleneck
+        x = torch.addmm(bias, F.layer_norm(enc, shape, gamma, beta, eps), weight)
         skip_sum = None
         for i, step in enumerate(self.plan):
-            y = self._act_norm(step["a1"], F.linear(x, *step["inp"]))
-            y = self._act_norm(step["a2"], self._dconv(i, step, y))
-            out = F.linear(y, *step["out"])  # [k, (res) + skip]
-            res, skp = step["block"].split_outputs(out.T[None])
-            if skp is not None:
-                skip_sum = skp if skip_sum is None else skip_sum + skp
-            if res is not None:
-                x = x + res[0].T
-        feats = skip_sum[0].T if tcn.skip else x
-        score = F.linear(F.prelu(feats, tcn.out_act.weight), self.mask_w)  # [k, C*N]
+            y = self._act_norm(step["act_norm1"], torch.addmm(step["inp"][0], x, step["inp"][1]))
+            y = self._act_norm(step["act_norm2"], self._dconv(i, step, y))
+            out = torch.addmm(step["out"][0], y, step["out"][1])  # [k, (res) + (skip)]
+            B = step["B"]
+            if step["res"]:
+                x = x + out[:, :B]
+            if step["skip"]:
+                skp = out[:, B:] if step["res"] else out
+                skip_sum = skp.clone() if skip_sum is None else skip_sum.add_(skp)
+        feats = skip_sum if tcn.skip else x
+        score = F.prelu(feats, tcn.out_act.weight) @ self.mask_w  # [k, C*N]
         return tcn.mask(score.T[None])[0]  # [C, N, k]
 
     def _frames(self, samples):
@@ -153,7 +202,7 @@ class StreamingSeparator:
         return wav[:, : k * self.S]
 
     # ---------------------------------------------------------------- public
-    @torch.no_grad()
+    @torch.inference_mode()
     def push(self, chunk: torch.Tensor) -> torch.Tensor:
         """Feed the next samples; returns the output samples they made final, ``[n, C]``."""
         chunk = chunk.reshape(1, -1).to(self.model.encoder.weight)
@@ -172,7 +221,7 @@ class StreamingSeparator:
         self.emitted += out.shape[1]
         return out.T.contiguous()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def flush(self) -> torch.Tensor:
         """End the signal: zero-pad to whole frames as the offline model does, return the
         remaining output samples ``[n, C]`` and reset."""
@@ -197,7 +246,7 @@ class StreamingSeparator:
         self.reset()
         return result
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def separate_signal(self, mix: torch.Tensor, chunk: int = None) -> torch.Tensor:
         """A whole signal ``mix [T]`` chunk by chunk (default: 10 ms at 8 kHz, 80 samples)
         -> ``[T, C]``, equal to the offline causal model's output."""
