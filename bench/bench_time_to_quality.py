@@ -1,0 +1,290 @@
+"""Time to quality: SI-SNRi on the test split after the same compute budget, ours against
+SpeechBrain's own Conv-TasNet.
+
+Every variant trains the small configuration (N128 L16 B64 H128 P3 X6 R2, batch 4,
+2 s segments) in a plain loop with Adam and gradient clipping at 5, on any
+LibriMix-layout folder (default: the demo set, written on first use), and is evaluated
+with the same metric code (``spksep_modules.metrics.evaluate_mixture``) on the whole test
+utterances each time its clock passes a budget. Evaluation is not charged to the clock.
+
+Variants (``--variants``), each adding one thing to the one before:
+
+- ``speechbrain``: SpeechBrain's lobes (``dual_path.Encoder``, ``conv_tasnet.MaskNet``,
+  ``dual_path.Decoder``, wired as its LibriMix recipe wires them) and its uPIT SI-SNR loss
+  (``get_si_snr_with_pitwrapper``), Adam at the recipes' 1e-3, random crops of the
+  training mixtures.
+- ``ours``: spksep's ConvTasNet (its CPU kernels) and ``SeparationLoss``, the same data,
+  optimiser and learning rate: what our speed alone buys.
+- ``ours+schedule``: a learning-rate schedule that knows the budget: linear warm-up over
+  the first 3% of it to ``--peak_lr``, then a cosine decay to zero at its end.
+- ``ours+dm``: ``ours+schedule`` trained on dynamic mixing
+  (``spksep_modules.data.dynamic_mixing``): new mixtures of the training speakers'
+  utterances at every step instead of crops of the fixed mixtures.
+
+The clock (``--clock``) is the training process's CPU time by default (all its threads;
+data loading runs in the process, so it is charged too), which a busy machine does not
+distort; ``wall`` is wall-clock time. ``--jobs`` variants train at once, each in its own
+process with ``--threads`` threads: with ``--jobs 2 --threads 1`` on 2 cores both get a
+core, and load from other programs hits them alike.
+
+    python bench/bench_time_to_quality.py                            # 5, 10, 20 minutes
+    python bench/bench_time_to_quality.py --budgets 1 2 --variants speechbrain ours+dm
+    python bench/bench_time_to_quality.py --data /data/Libri2Mix --sample_rate 8000
+
+Results (one JSON per variant) go to ``--out``; the table is printed at the end. Findings:
+``bench/NOTES.md``.
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+for path in (REPO, HERE):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+VARIANTS = {
+    "speechbrain": dict(model="speechbrain", schedule=False, dynamic_mixing=False),
+    "ours": dict(model="ours", schedule=False, dynamic_mixing=False),
+    "ours+schedule": dict(model="ours", schedule=True, dynamic_mixing=False),
+    "ours+dm": dict(model="ours", schedule=True, dynamic_mixing=True),
+}
+SIZES = dict(N=128, L=16, B=64, H=128, P=3, X=6, R=2)
+# The demo's data (spksep_modules/demo.py): enough speakers for a small model to
+# generalise to the unseen test speakers.
+DEMO_DATA = dict(num_train=200, num_train_speakers=80)
+
+
+class BudgetClock:
+    """Seconds of training so far: CPU time of this process (all threads) or wall time,
+    with ``pause()``/``resume()`` around what is not charged (evaluation).
+
+    Example
+    -------
+    >>> clock = BudgetClock("cpu")
+    >>> _ = sum(i * i for i in range(10 ** 5))
+    >>> clock.pause(); spent = clock.seconds(); _ = sum(range(10 ** 6)); clock.resume()
+    >>> clock.seconds() - spent < 0.01  # what ran while paused was not charged
+    True
+    """
+
+    def __init__(self, kind="cpu"):
+        if kind not in ("cpu", "wall"):
+            raise ValueError(f"clock: cpu or wall, got {kind!r}")
+        self.now = time.process_time if kind == "cpu" else time.perf_counter
+        self.start, self.paused_at = self.now(), None
+
+    def seconds(self):
+        return (self.paused_at if self.paused_at is not None else self.now()) - self.start
+
+    def pause(self):
+        self.paused_at = self.now()
+
+    def resume(self):
+        self.start += self.now() - self.paused_at
+        self.paused_at = None
+
+
+def budget_lr(fraction, peak, warmup=0.03):
+    """Learning rate at ``fraction`` of the budget: linear warm-up, then cosine to zero.
+
+    Example
+    -------
+    >>> [round(budget_lr(f, 1.0), 3) for f in (0.0, 0.015, 0.03, 0.515, 1.0)]
+    [0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+    if fraction < warmup:
+        return peak * fraction / warmup
+    progress = min(1.0, (fraction - warmup) / (1.0 - warmup))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_model(kind):
+    if kind == "speechbrain":
+        from bench_convtasnet import SpeechBrainConvTasNet
+
+        return SpeechBrainConvTasNet(num_spks=2, **SIZES)
+    from spksep_modules.models import ConvTasNet
+
+    return ConvTasNet(num_spks=2, **SIZES)
+
+
+def build_loss(kind):
+    """``loss(est [B, T, C], sources [B, T, C]) -> scalar``."""
+    if kind == "speechbrain":
+        from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
+
+        return lambda est, sources: get_si_snr_with_pitwrapper(sources, est).mean()
+    from spksep_modules.losses import SeparationLoss
+
+    loss = SeparationLoss()
+    return lambda est, sources: loss(est, sources)["loss"]
+
+
+def prepare_data(args):
+    from spksep_modules.data.librimix import prepare_librimix
+
+    data = args.data
+    if data is None:
+        from spksep_modules.data.demo import make_demo_data
+
+        data = make_demo_data(os.path.join(args.out, "demo_data"), sample_rate=args.sample_rate,
+                              **DEMO_DATA)
+    return prepare_librimix(data, os.path.join(args.out, "csv"), args.sample_rate)
+
+
+def train_loader(csvs, config, args, seed):
+    from speechbrain.dataio.batch import PaddedBatch
+
+    if config["dynamic_mixing"]:
+        from spksep_modules.data.dynamic_mixing import DynamicMixingDataset, split_utterances
+
+        with open(csvs["train"]) as f:
+            epoch_mixtures = sum(1 for _ in f) - 1
+        dataset = DynamicMixingDataset(
+            split_utterances(csvs["train"], 2, args.sample_rate), args.sample_rate, 2,
+            epoch_mixtures=epoch_mixtures, segment_seconds=args.segment, seed=seed, rank=0)
+    else:
+        from spksep_modules.data.pipeline import build_datasets
+
+        dataset = build_datasets({"train": csvs["train"]}, args.sample_rate, 2,
+                                 segment_seconds=args.segment)["train"]
+    generator = torch.Generator().manual_seed(seed)
+    # In this process (num_workers=0): its cost is charged to the clock like the step's.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True,
+                                         drop_last=True, collate_fn=PaddedBatch,
+                                         generator=generator)
+    return dataset, loader
+
+
+@torch.no_grad()
+def evaluate(model, test_set, rate):
+    from spksep_modules.metrics import evaluate_mixture
+
+    model.eval()
+    rows = []
+    for item in test_set:
+        mix, sources = item["mix_sig"], item["sources"]
+        est = model(mix[None]).as_subclass(torch.Tensor)[0]
+        rows.append(evaluate_mixture(mix, est, sources, rate))
+    model.train()
+    return {key: sum(r[key] for r in rows) / len(rows) for key in ("si_snr_i", "stoi")}
+
+
+def train_variant(name, args):
+    """Train ``name`` until the largest budget, evaluating at each; write its JSON."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    config = VARIANTS[name]
+    csvs = prepare_data(args)
+    from spksep_modules.data.pipeline import build_datasets
+
+    test_set = build_datasets({"test": csvs["test"]}, args.sample_rate, 2)["test"]
+    dataset, loader = train_loader(csvs, config, args, args.seed)
+    model = build_model(config["model"]).train()
+    loss_fn = build_loss(config["model"])
+    peak = args.peak_lr if config["schedule"] else args.lr
+    optimiser = torch.optim.Adam(model.parameters(), lr=peak)
+    budgets = sorted(60.0 * b for b in args.budgets)
+    results, steps, epoch = [], 0, 0
+    clock = BudgetClock(args.clock)
+    while budgets:
+        epoch += 1
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        for batch in loader:
+            if config["schedule"]:
+                lr = budget_lr(clock.seconds() / budgets[-1], peak)
+                for group in optimiser.param_groups:
+                    group["lr"] = lr
+            est = model(batch.mix_sig.data)
+            loss = loss_fn(est, batch.sources.data)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimiser.step()
+            steps += 1
+            if clock.seconds() >= budgets[0]:
+                clock.pause()
+                scores = evaluate(model, test_set, args.sample_rate)
+                results.append(dict(budget_min=budgets.pop(0) / 60, steps=steps, epochs=epoch,
+                                    train_loss=float(loss), **scores))
+                print(f"[{name}] {results[-1]}", flush=True)
+                clock.resume()
+                if not budgets:
+                    break
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+        json.dump(dict(variant=name, config=config, args=vars(args), results=results), f, indent=1)
+
+
+def table(args):
+    rows = {}
+    for name in args.variants:
+        with open(os.path.join(args.out, f"{name}.json")) as f:
+            rows[name] = {r["budget_min"]: r for r in json.load(f)["results"]}
+    budgets = sorted(args.budgets)
+    base = rows.get("speechbrain")
+    head = " | ".join(f"{b:g} min: SI-SNRi (steps)" for b in budgets)
+    lines = [f"{args.clock} clock, {args.threads} thread(s) per variant, {args.jobs} at once",
+             f"| variant | {head} | STOI at {budgets[-1]:g} min | x SpeechBrain at {budgets[-1]:g} min |",
+             "|---|" + "---|" * (len(budgets) + 2)]
+    for name, by_budget in rows.items():
+        cells = [f"{by_budget[b]['si_snr_i']:.2f} ({by_budget[b]['steps']})" for b in budgets]
+        last = by_budget[budgets[-1]]
+        ratio = last["si_snr_i"] / base[budgets[-1]]["si_snr_i"] if base else float("nan")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {last['stoi']:.3f} | {ratio:.2f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="a LibriMix-layout folder (default: the demo set)")
+    parser.add_argument("--out", default=os.path.join(HERE, "out", "time_to_quality"))
+    parser.add_argument("--sample_rate", type=int, default=16000)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[5, 10, 20], help="minutes")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=2, help="variants trained at once")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--segment", type=float, default=2.0, help="seconds")
+    parser.add_argument("--lr", type=float, default=1e-3, help="constant learning rate")
+    parser.add_argument("--peak_lr", type=float, default=3e-3, help="with the schedule")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train", default=None, help=argparse.SUPPRESS)  # one variant, here
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if args.train:
+        train_variant(args.train, args)
+        return
+    prepare_data(args)  # once, before the variants share it
+    pending, running = list(args.variants), []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name = pending.pop(0)
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+            running.append(subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), *argv, "--train", name], env=env))
+        running[0].wait()
+        if running[0].returncode:
+            raise SystemExit(f"variant failed: {running[0].args[-1]}")
+        running.pop(0)
+    print(table(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,473 @@
+"""Dynamic mixing: new training mixtures drawn on the fly from single-speaker utterances.
+
+A static LibriMix training split pairs every utterance with one other, once, forever.
+Dynamic mixing instead builds every training item anew, the way LibriMix's own scripts
+(``scripts/create_librimix_metadata.py``) build a mixture:
+
+1. ``num_spks`` distinct speakers, each drawn with a probability proportional to its
+   number of utterances (what drawing utterances uniformly, as LibriMix does, amounts
+   to), and a uniformly random utterance of each;
+2. a segment of each: ``segment_seconds`` long (or as long as the shortest utterance, if
+   shorter: LibriMix's "min" mode) at its own random offset, so the speakers' segments are
+   not aligned as they are in the static files;
+3. each segment's loudness set to a target drawn uniformly from [-33, -25] LUFS
+   (ITU-R BS.1770 integrated loudness, measured with ``pyloudnorm``); a segment that would
+   then reach full scale is instead scaled to a 0.9 peak;
+4. the sources summed, and the mixture and its sources scaled together to a 0.9 peak if
+   the mixture exceeds it (LibriMix's ``MAX_AMP = 0.9``, ``MIN_LOUDNESS = -33``,
+   ``MAX_LOUDNESS = -25``).
+
+Segments shorter than the segment length are zero-padded to it (``short_policy="pad"``)
+or never drawn (``"skip"``: only utterances at least that long take part), as in the
+static training set. BS.1770 measures loudness on 400 ms gating blocks, so a shorter
+segment is measured on copies of itself laid end to end (same mean square, so the same
+loudness); a silent segment (below the -70 LUFS absolute gate) keeps its level, rather
+than receiving an infinite gain.
+
+The utterances come from the training split's own sources (``s1/``, ``s2/``...: the
+speaker of each is the LibriSpeech prefix of its utterance ID in the mixture ID, as in
+``prepare_librimix``) or from a LibriSpeech-style folder
+``<folder>/<speaker>/<chapter>/<utterance>.flac|wav`` (e.g. ``LibriSpeech/train-clean-100``
+at the recipe's sample rate: nothing is resampled). LibriMix's "min" sources are
+utterances cut where their partner ended, so a LibriSpeech folder offers more speech.
+
+Determinism: mixture ``i`` of epoch ``e`` on DDP process ``r`` is drawn from its own
+``numpy.random.SeedSequence([seed, e, r, i])`` and nothing else (no global random state).
+So a run is reproducible under its seed, a resumed run draws the same mixtures for the
+same epoch, each DDP process draws its own mixtures, and so does each DataLoader worker:
+workers build different item indices, and an item does not depend on which worker
+builds it. The Brain tells the dataset the epoch (``set_epoch``) before each training
+epoch's DataLoader iterator, and so its workers, are created.
+
+The dataset is a SpeechBrain ``DynamicItemDataset`` with the static training set's
+output keys (``id``, ``mix_sig [time]``, ``sources [time, num_spks]``, ``spk_ids``), so
+``Brain.fit`` batches it with ``PaddedBatch`` and every model and loss trains on it
+unchanged; ``id`` is the LibriMix-style ID of the utterances mixed
+(``<utt1>_<utt2>``).
+"""
+
+import csv
+import logging
+import operator
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+
+from spksep_modules import SpkSepError
+from spksep_modules.audio import _reason, read_wav
+from spksep_modules.data.librimix import speakers_from_mixture_id
+
+# LibriMix's constants (scripts/create_librimix_metadata.py).
+LOUDNESS_RANGE = (-33.0, -25.0)  # LUFS: each source's target, drawn uniformly
+MAX_AMP = 0.9  # peak a clipping source or mixture is scaled to
+AUDIO_EXTENSIONS = (".flac", ".wav")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One single-speaker recording that dynamic mixing may draw."""
+
+    utt_id: str  # LibriSpeech ID, ``speaker-chapter-utterance``
+    path: str
+    speaker: str
+    num_samples: int
+
+
+@dataclass
+class Mixture:
+    """One drawn mixture, with what was drawn for it.
+
+    ``mix [time]`` is exactly ``sources.sum(-1)`` (both float32); ``target_lufs`` holds the
+    loudness drawn for each source, ``peak_scale`` the factor applied to all of them
+    afterwards to keep the mixture's peak at ``MAX_AMP`` (1.0 when it did not clip).
+    """
+
+    mixture_id: str
+    mix: torch.Tensor
+    sources: torch.Tensor
+    speakers: list
+    target_lufs: list
+    peak_scale: float
+
+
+def split_utterances(csv_path, num_spks, sample_rate):
+    """The sources of a ``prepare_librimix`` CSV as utterances, one per utterance ID.
+
+    Arguments
+    ---------
+    csv_path : str
+        A CSV written by ``prepare_librimix`` (``ID, duration, s<i>_wav`` columns).
+    num_spks : int
+    sample_rate : int
+        Converts the CSV's durations (seconds) to samples.
+
+    Returns
+    -------
+    list of Utterance
+        In CSV order; an utterance in several mixtures comes once, as its longest copy.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     with open(os.path.join(tmp, "train.csv"), "w") as f:
+    ...         _ = f.write("ID,duration,mix_wav,s1_wav,s2_wav,spk1,spk2\\n"
+    ...                     "19-198-0001_26-495-0002,0.5,m.wav,a.wav,b.wav,19,26\\n")
+    ...     [(u.utt_id, u.path, u.speaker, u.num_samples)
+    ...      for u in split_utterances(os.path.join(tmp, "train.csv"), 2, 8000)]
+    [('19-198-0001', 'a.wav', '19', 4000), ('26-495-0002', 'b.wav', '26', 4000)]
+    """
+    by_id = {}
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise SpkSepError(f"{csv_path}: cannot read CSV ({err})") from None
+    for row in rows:
+        mixture_id = row.get("ID", "")
+        speakers = speakers_from_mixture_id(mixture_id, num_spks, csv_path)
+        num_samples = int(round(float(row["duration"]) * sample_rate))
+        for k, (utt_id, speaker) in enumerate(zip(mixture_id.split("_"), speakers)):
+            old = by_id.get(utt_id)
+            if old is None or num_samples > old.num_samples:
+                by_id[utt_id] = Utterance(utt_id, row[f"s{k + 1}_wav"], speaker, num_samples)
+    return list(by_id.values())
+
+
+def folder_utterances(folder, sample_rate):
+    """The utterances of a LibriSpeech-style folder ``<speaker>/<chapter>/<utt>.flac|wav``.
+
+    Every file's header is checked (mono, ``sample_rate``, not empty) once, here, so that a
+    bad file is a one-line error now rather than hours into training.
+
+    Arguments
+    ---------
+    folder : str
+        E.g. ``LibriSpeech/train-clean-100``; files at other depths are ignored.
+    sample_rate : int
+
+    Returns
+    -------
+    list of Utterance, sorted by path (the draws do not depend on listing order).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     os.makedirs(os.path.join(tmp, "19", "198"))
+    ...     sf.write(os.path.join(tmp, "19", "198", "19-198-0001.flac"), np.zeros(800), 8000)
+    ...     [(u.utt_id, u.speaker, u.num_samples) for u in folder_utterances(tmp, 8000)]
+    [('19-198-0001', '19', 800)]
+    >>> folder_utterances("no_such_folder", 8000)
+    Traceback (most recent call last):
+    ...
+    spksep_modules.SpkSepError: no_such_folder: dm_folder not found
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise SpkSepError(f"{folder}: dm_folder not found")
+    paths = []
+    for speaker in sorted(os.listdir(folder)):
+        speaker_dir = os.path.join(folder, speaker)
+        if not os.path.isdir(speaker_dir):
+            continue
+        for chapter in sorted(os.listdir(speaker_dir)):
+            chapter_dir = os.path.join(speaker_dir, chapter)
+            if not os.path.isdir(chapter_dir):
+                continue
+            for name in sorted(os.listdir(chapter_dir)):
+                if name.lower().endswith(AUDIO_EXTENSIONS):
+                    paths.append((os.path.join(chapter_dir, name), speaker))
+    if not paths:
+        raise SpkSepError(
+            f"{folder}: no LibriSpeech-style <speaker>/<chapter>/<utterance>.flac|wav files"
+        )
+    utterances = []
+    for path, speaker in paths:
+        try:
+            info = sf.info(path)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise SpkSepError(f"{path}: cannot read audio header ({_reason(err)})") from None
+        if info.channels != 1:
+            raise SpkSepError(f"{path}: expected mono, got {info.channels} channels")
+        if info.samplerate != sample_rate:
+            raise SpkSepError(
+                f"{path}: {sample_rate} Hz expected, file is {info.samplerate} Hz "
+                "(dynamic mixing does not resample: give dm_folder a copy at the recipe's rate)"
+            )
+        if info.frames == 0:
+            raise SpkSepError(f"{path}: file is empty (0 samples)")
+        utt_id = os.path.splitext(os.path.basename(path))[0]
+        utterances.append(Utterance(utt_id, path, speaker, info.frames))
+    return utterances
+
+
+def integrated_loudness(meter, signal):
+    """BS.1770 integrated loudness (LUFS) of a mono float64 ``signal``, any length.
+
+    What ``meter.integrated_loudness`` (pyloudnorm) computes, with its K-weighting filters
+    and gating, but with the 400 ms blocks' energies taken from one cumulative sum instead
+    of a Python loop over blocks (which cost more than reading the audio). pyloudnorm
+    refuses input shorter than a block; a shorter signal is measured on copies of itself
+    laid end to end, which keeps its mean square. Silence (or anything below the -70 LUFS
+    absolute gate) is ``-inf``.
+
+    Example
+    -------
+    >>> import pyloudnorm
+    >>> meter = pyloudnorm.Meter(8000)
+    >>> speechy = np.random.default_rng(0).standard_normal(12000) * np.hanning(12000)  # 1.5 s
+    >>> round(integrated_loudness(meter, speechy), 6), round(float(meter.integrated_loudness(speechy)), 6)
+    (-1.330057, -1.330057)
+    >>> tone = 0.1 * np.sin(2 * np.pi * 1000 * np.arange(8000) / 8000)  # 1 s at 1 kHz
+    >>> round(integrated_loudness(meter, tone), 1), round(integrated_loudness(meter, tone[:800]), 1)
+    (-23.2, -23.2)
+    >>> integrated_loudness(meter, np.zeros(100))
+    -inf
+    """
+    rate, block_seconds = meter.rate, meter.block_size
+    block = int(np.ceil(block_seconds * rate))
+    if not signal.size or not np.any(signal):
+        return float("-inf")
+    if signal.size < block:
+        signal = np.tile(signal, -(-block // signal.size))
+    weighted = signal
+    for stage in meter._filters.values():  # K-weighting: high shelf, then high pass
+        weighted = stage.apply_filter(weighted)
+    # Blocks and gates exactly as pyloudnorm 0.2 places them (its meter.py, BS.1770-4 eq. 1-7).
+    step = 1.0 - meter.overlap
+    num_blocks = int(np.round((signal.size / rate - block_seconds) / (block_seconds * step))) + 1
+    j = np.arange(num_blocks, dtype=np.float64)
+    lower = (block_seconds * (j * step) * rate).astype(np.int64)
+    upper = np.minimum((block_seconds * (j * step + 1) * rate).astype(np.int64), signal.size)
+    energy = np.concatenate([[0.0], np.cumsum(weighted * weighted)])
+    z = np.maximum(energy[upper] - energy[lower], 0.0) / (block_seconds * rate)
+    with np.errstate(divide="ignore"):
+        block_lufs = -0.691 + 10.0 * np.log10(z)
+        above_absolute = block_lufs >= -70.0
+        if not above_absolute.any():
+            return float("-inf")
+        relative = -0.691 + 10.0 * np.log10(z[above_absolute].mean()) - 10.0
+        gated = (block_lufs > relative) & (block_lufs > -70.0)
+        if not gated.any():
+            return float("-inf")
+        return float(-0.691 + 10.0 * np.log10(z[gated].mean()))
+
+
+class _Mixer:
+    """Draws and builds mixture ``index`` of the current epoch (see the module docstring).
+
+    Kept apart from the dataset so that the dataset's pipeline holds a plain picklable
+    callable and ``set_epoch`` reaches it.
+    """
+
+    def __init__(self, utterances, sample_rate, num_spks, segment, seed, rank,
+                 loudness_range=LOUDNESS_RANGE, max_amp=MAX_AMP):
+        self.sample_rate = int(sample_rate)
+        self.num_spks = int(num_spks)
+        self.segment = segment  # samples, or None for whole (shortest) utterances
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.epoch = 0
+        self.loudness_range = (float(loudness_range[0]), float(loudness_range[1]))
+        self.max_amp = float(max_amp)
+        by_speaker = {}
+        for utt in utterances:
+            by_speaker.setdefault(utt.speaker, []).append(utt)
+        self.speakers = sorted(by_speaker)
+        self.by_speaker = [by_speaker[s] for s in self.speakers]
+        counts = np.array([len(u) for u in self.by_speaker], dtype=np.float64)
+        self.speaker_weights = counts / counts.sum()
+        self._meter = None
+
+    def meter(self):
+        if self._meter is None:  # made on first use: cheap to pickle to workers
+            try:
+                import pyloudnorm
+            except ImportError:
+                raise SpkSepError("dynamic_mixing: needs pyloudnorm (pip install pyloudnorm)") from None
+            self._meter = pyloudnorm.Meter(self.sample_rate)
+        return self._meter
+
+    def draw(self, index):
+        """The random choices for mixture ``index``: utterances, offsets, length, LUFS."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, self.rank, int(index)]))
+        chosen = rng.choice(len(self.speakers), size=self.num_spks, replace=False, p=self.speaker_weights)
+        utterances = [self.by_speaker[s][rng.integers(len(self.by_speaker[s]))] for s in chosen]
+        shortest = min(u.num_samples for u in utterances)
+        length = shortest if self.segment is None else min(self.segment, shortest)
+        starts = [int(rng.integers(0, u.num_samples - length + 1)) for u in utterances]
+        targets = [float(t) for t in rng.uniform(*self.loudness_range, size=self.num_spks)]
+        return utterances, starts, length, targets
+
+    def __call__(self, index):
+        utterances, starts, length, targets = self.draw(index)
+        meter = self.meter()
+        sources = np.empty((self.num_spks, length))  # speaker-major: contiguous per source
+        for k, (utt, start, target) in enumerate(zip(utterances, starts, targets)):
+            wav = read_wav(utt.path, self.sample_rate, start, start + length).numpy().astype(np.float64)
+            loudness = integrated_loudness(meter, wav)
+            # A silent segment has no level to set (its gain would be infinite).
+            gain = 10.0 ** ((target - loudness) / 20.0) if np.isfinite(loudness) else 1.0
+            peak = np.abs(wav).max()
+            if gain * peak >= 1.0:  # LibriMix: a source that would clip gets a 0.9 peak instead
+                gain = self.max_amp / peak
+            sources[k] = wav * gain
+        mix_peak = np.abs(sources.sum(axis=0)).max()
+        peak_scale = self.max_amp / mix_peak if mix_peak > self.max_amp else 1.0
+        sources = torch.from_numpy(sources * peak_scale).to(torch.float32)
+        if self.segment is not None and length < self.segment:  # short_policy="pad"
+            sources = torch.nn.functional.pad(sources, (0, self.segment - length))
+        return Mixture(
+            mixture_id="_".join(u.utt_id for u in utterances),
+            mix=sources.sum(dim=0),  # summed in float32: mix == the returned sources' sum
+            sources=sources.t(),  # [time, num_spks], SpeechBrain's layout (PaddedBatch stacks it)
+            speakers=[u.speaker for u in utterances],
+            target_lufs=targets,
+            peak_scale=float(peak_scale),
+        )
+
+
+class DynamicMixingDataset(DynamicItemDataset):
+    """Training mixtures made on the fly, ``epoch_mixtures`` per epoch (module docstring).
+
+    Arguments
+    ---------
+    utterances : list of Utterance
+        What to mix (``split_utterances`` or ``folder_utterances``).
+    sample_rate : int
+    num_spks : int
+        Speakers per mixture; the utterances must come from at least this many.
+    epoch_mixtures : int
+        Items per epoch (the dataset's length).
+    segment_seconds : float or None
+        Length of every mixture; None: the shortest drawn utterance, whole.
+    short_policy : "pad" | "skip"
+        Segments shorter than ``segment_seconds`` are zero-padded, or such utterances are
+        never drawn.
+    seed : int
+    rank : int or None
+        The DDP process; None reads ``RANK`` from the environment (0 without DDP).
+    where : str
+        Names the utterances' origin (CSV or folder) in error messages.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain.dataio.batch import PaddedBatch
+    >>> from spksep_modules.data.demo import make_demo_data
+    >>> from spksep_modules.data.librimix import prepare_librimix
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     root = make_demo_data(tmp, 2, 1, 1, seconds=0.5, sample_rate=8000, num_train_speakers=2,
+    ...                           num_dev_speakers=2, num_test_speakers=2)  # tiny Libri2Mix
+    ...     train_csv = prepare_librimix(root, tmp, 8000)["train"]
+    ...     data = DynamicMixingDataset(split_utterances(train_csv, 2, 8000), 8000, 2,
+    ...                                 epoch_mixtures=3, segment_seconds=0.25, seed=1)
+    ...     data.set_epoch(1)
+    ...     batch = PaddedBatch([data[0], data[1]])
+    ...     again = data[0]["mix_sig"]
+    >>> len(data), batch.mix_sig.data.shape, batch.sources.data.shape, len(set(batch.spk_ids[0]))
+    (3, torch.Size([2, 2000]), torch.Size([2, 2000, 2]), 2)
+    >>> torch.equal(again, batch.mix_sig.data[0])  # the same (seed, epoch, rank, index)
+    True
+    """
+
+    def __init__(self, utterances, sample_rate, num_spks, epoch_mixtures, segment_seconds=3.0,
+                 short_policy="pad", seed=0, rank=None, where="dynamic mixing"):
+        if short_policy not in ("pad", "skip"):
+            raise SpkSepError(f"short_policy: must be 'pad' or 'skip', got {short_policy!r}")
+        if segment_seconds is not None and not segment_seconds > 0:
+            raise SpkSepError(f"segment_seconds: must be positive (or None), got {segment_seconds}")
+        if isinstance(epoch_mixtures, bool) or not isinstance(epoch_mixtures, int) or epoch_mixtures < 1:
+            raise SpkSepError(f"dm_epoch_mixtures: must be a positive integer (or null), got {epoch_mixtures!r}")
+        segment = None if segment_seconds is None else int(round(segment_seconds * sample_rate))
+        if segment is not None and short_policy == "skip":
+            utterances = [u for u in utterances if u.num_samples >= segment]
+        speakers = sorted({u.speaker for u in utterances})
+        if len(speakers) < num_spks:
+            found = ", ".join(speakers) if speakers else "none"
+            longer = (f" with utterances of at least segment_seconds={segment_seconds} (short_policy='skip')"
+                      if segment is not None and short_policy == "skip" else "")
+            raise SpkSepError(
+                f"{where}: dynamic mixing needs {num_spks} distinct speakers{longer}, "
+                f"found {len(speakers)} ({found})"
+            )
+        if rank is None:
+            rank = int(os.environ.get("RANK", 0))
+        self.mixer = _Mixer(utterances, sample_rate, num_spks, segment, seed, rank)
+        # One row per item: its index is all a mixture is drawn from (with seed, epoch, rank).
+        super().__init__({f"dm{i}": {"index": i} for i in range(epoch_mixtures)})
+        self.add_dynamic_item(self.mixer, takes="index", provides="mixture")
+        # Top-level callables (no closures), so the dataset pickles for spawned workers.
+        for attr, key in (("mixture_id", "mixture_id"), ("mix", "mix_sig"), ("sources", "sources"),
+                          ("speakers", "spk_ids")):
+            self.add_dynamic_item(operator.attrgetter(attr), takes="mixture", provides=key)
+        self.set_output_keys({"id": "mixture_id", "mix_sig": "mix_sig", "sources": "sources",
+                              "spk_ids": "spk_ids"})
+
+    def set_epoch(self, epoch):
+        """Draw the mixtures of ``epoch`` from now on (the Brain calls this every epoch)."""
+        self.mixer.epoch = int(epoch)
+
+    def mixture(self, index):
+        """Mixture ``index`` of the current epoch with what was drawn for it (``Mixture``)."""
+        return self.mixer(index)
+
+
+def dynamic_mixing_set(train_csv, hparams):
+    """The recipe's dynamic-mixing training set, from its yaml keys; refuses options that
+    only make sense with fixed training crops.
+
+    Keys read: ``sample_rate, num_spks, segment_seconds, short_policy, seed, dm_folder``
+    (null: the training split's own sources), ``dm_epoch_mixtures`` (null: as many as the
+    static training set), and ``fixed_crops``, ``basic_cache_mb`` and
+    ``train_loader_opts: {persistent_workers}``, which must be off.
+
+    Example
+    -------
+    >>> dynamic_mixing_set("train.csv", {"fixed_crops": False, "basic_cache_mb": 4000})
+    Traceback (most recent call last):
+    ...
+    spksep_modules.SpkSepError: basic_cache_mb: must be 0 with dynamic_mixing (every epoch draws new segments, so a cached example never comes back), got 4000
+    """
+    if hparams.get("train_loader_opts", {}).get("persistent_workers", False):
+        raise SpkSepError(
+            "train_loader_opts: persistent_workers must be off with dynamic_mixing "
+            "(kept workers would never learn the next epoch, and draw its first epoch's mixtures again)"
+        )
+    if hparams.get("fixed_crops", False):
+        raise SpkSepError("fixed_crops: must be False with dynamic_mixing (every epoch draws new segments)")
+    if hparams.get("basic_cache_mb", 0):
+        raise SpkSepError(
+            "basic_cache_mb: must be 0 with dynamic_mixing (every epoch draws new segments, "
+            f"so a cached example never comes back), got {hparams['basic_cache_mb']}"
+        )
+    sample_rate, num_spks = hparams["sample_rate"], hparams["num_spks"]
+    segment_seconds, short_policy = hparams["segment_seconds"], hparams["short_policy"]
+    epoch_mixtures = hparams.get("dm_epoch_mixtures")
+    if epoch_mixtures is None:  # as many as the static set (which 'skip' filters)
+        with open(train_csv, newline="", encoding="utf-8") as f:
+            durations = [float(row["duration"]) for row in csv.DictReader(f)]
+        if segment_seconds is not None and short_policy == "skip":
+            durations = [d for d in durations if round(d * sample_rate) >= round(segment_seconds * sample_rate)]
+        epoch_mixtures = max(len(durations), 1)
+    folder = hparams.get("dm_folder")
+    if folder is None:
+        utterances = split_utterances(train_csv, num_spks, sample_rate)
+    else:
+        utterances = folder_utterances(folder, sample_rate)
+    where = train_csv if folder is None else folder
+    dataset = DynamicMixingDataset(
+        utterances, sample_rate, num_spks, epoch_mixtures, segment_seconds=segment_seconds,
+        short_policy=short_policy, seed=hparams["seed"], where=where,
+    )
+    logger.info("Dynamic mixing: %d mixtures per epoch from %d utterances of %d speakers (%s)",
+                len(dataset), sum(len(u) for u in dataset.mixer.by_speaker),
+                len(dataset.mixer.speakers), where)
+    return dataset
