@@ -15,6 +15,7 @@ from speechbrain.utils.distributed import run_on_main
 
 from spksep_modules.brains import SeparationBrain
 from spksep_modules.checkpoints import AtomicCheckpointer
+from spksep_modules.data.dynamic_mixing import dynamic_mixing_set
 from spksep_modules.data.librimix import prepare_librimix
 from spksep_modules.data.pipeline import build_datasets
 from spksep_modules.recipe import load_hparams, run, start_run
@@ -48,6 +49,8 @@ def main(argv):
         valid_segment_seconds=hparams["valid_segment_seconds"],
         fixed_crops=hparams["fixed_crops"],
     )
+    if hparams["dynamic_mixing"]:  # new training mixtures every epoch, from single utterances
+        datasets["train"] = dynamic_mixing_set(csvs["train"], hparams)
 
     # The loss is a module too: the Brain moves it (and any frozen network in it) to the
     # device and sets its train/eval mode with the separator's.
@@ -68,6 +71,7 @@ def main(argv):
         run_opts=run_opts,
         checkpointer=checkpointer,
     )
+    brain.epoch_datasets = [datasets["train"]]  # told each epoch (dynamic mixing draws by it)
     brain.fit(
         hparams["epoch_counter"],
         datasets["train"],
