@@ -36,7 +36,9 @@ def _separate(args):
                                            overlap_seconds=args.overlap_seconds)
     written = separate_files(
         args.files, args.model, args.out, device=args.device, precision=precision,
-        on_error=on_error, progress=not args.no_progress, stream=args.stream, **chunking,
+        on_error=on_error, progress=not args.no_progress, stream=args.stream,
+        stream_chunk_ms=args.stream_chunk_ms, refresh_seconds=args.refresh_seconds,
+        window_seconds=args.window_seconds, **chunking,
     )
     for path in written:
         print(path)
@@ -87,6 +89,10 @@ def build_parser():
     ...     ["separate", "talk.wav", "--model", "runs/convtasnet", "--out", "separated"])
     >>> args.command, args.files, args.model, args.precision, args.chunk_seconds
     ('separate', ['talk.wav'], 'runs/convtasnet', 'auto', 30.0)
+    >>> args = build_parser().parse_args(["separate", "talk.wav", "--model", "runs/causal",
+    ...                                   "--out", "separated", "--stream"])
+    >>> args.stream, args.stream_chunk_ms, args.refresh_seconds, args.window_seconds
+    (True, 10.0, 1.0, 3.0)
     >>> args = build_parser().parse_args(["table", "runs/a", "runs/b", "--csv", "t.csv"])
     >>> args.metric, args.resamples, args.seed, args.csv, args.baseline
     ('si_snr_i', 10000, 0, 't.csv', None)
@@ -113,7 +119,18 @@ def build_parser():
                    help="auto (default): bf16 on CPUs with native bf16 (AVX512-BF16, AMX), "
                         "~1.5x faster, outputs within ~40 dB SNR of fp32; fp32 elsewhere")
     p.add_argument("--stream", action="store_true",
-                   help="run a causal model chunk by chunk (10 ms at 8 kHz), as live audio")
+                   help="run a causal model chunk by chunk, as live audio (a conditioned "
+                        "model embeds its speakers from audio already seen: see "
+                        "--refresh_seconds, --window_seconds)")
+    p.add_argument("--stream_chunk_ms", type=float, default=10.0,
+                   help="with --stream: chunk length in ms at the model's rate (default 10)")
+    p.add_argument("--refresh_seconds", type=float, default=1.0,
+                   help="with --stream, conditioned model: recompute the speaker embeddings "
+                        "every this many seconds (the output is the basic model's until the "
+                        "first refresh; default 1)")
+    p.add_argument("--window_seconds", type=float, default=3.0,
+                   help="with --stream, conditioned model: embed the last this many seconds "
+                        "of each estimate (default 3)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_separate)
 

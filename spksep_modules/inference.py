@@ -364,14 +364,19 @@ def separate_recording(separator, path, model_rate: int, out_dir: str, device: s
 
 def separate_files(files, run_dir: str, out_dir: str, device: str = "cpu",
                    precision: str = "auto", on_error=None, progress: bool = False,
-                   notice=_stderr, stream: bool = False, **chunking):
+                   notice=_stderr, stream: bool = False, stream_chunk_ms: float = 10.0,
+                   refresh_seconds: float = 1.0, window_seconds: float = 3.0, **chunking):
     """Separate each recording in ``files``; write ``out_dir/<name>_s<i>.wav`` (one per speaker).
 
     ``run_dir``: a run folder, a package (``spksep_modules.package``) or a SpeechBrain
     separator folder. ``precision``: ``"auto"`` (bf16 on CPUs with native bf16, else fp32),
     ``"fp32"`` or ``"bf16"``; ``chunking``: ``chunk_seconds`` and ``overlap_seconds`` of
-    :func:`separate_waveform`. ``stream``: run the causal model chunk by chunk
-    (``spksep_modules.streaming``) instead. Returns the list of written paths.
+    :func:`separate_waveform`. ``stream``: run the causal model chunk by chunk instead,
+    in chunks of ``stream_chunk_ms`` at the model's rate: a Conv-TasNet with
+    ``spksep_modules.streaming``, a conditioned model with
+    ``spksep_modules.streaming_conditioned`` (speaker embeddings refreshed every
+    ``refresh_seconds`` from the last ``window_seconds`` of its estimates). Returns the
+    list of written paths.
 
     A bad recording (missing, unreadable, empty, NaN samples, a folder...) raises its
     one-line :class:`SpkSepError` when ``on_error`` is None; otherwise
@@ -390,10 +395,13 @@ def separate_files(files, run_dir: str, out_dir: str, device: str = "cpu",
     separator, model_rate = load_run(run_dir, device)
     separate = None
     if stream:
-        from spksep_modules.streaming import StreamingSeparator
+        from spksep_modules.streaming_conditioned import chunk_samples, make_streamer
 
-        streamer = StreamingSeparator(separator)
-        separate = streamer.separate_signal
+        chunk = chunk_samples(model_rate, stream_chunk_ms)
+        streamer = make_streamer(separator, model_rate, refresh_seconds, window_seconds)
+
+        def separate(mix):
+            return streamer.separate_signal(mix, chunk=chunk)
     else:
         separator = fuse_for_inference(separator)
     written = []

@@ -18,15 +18,16 @@ pads it (zeros up to whole frames) and returns the rest, so the concatenated out
 the offline causal model's on the whole signal, to float tolerance, whatever the chunk
 sizes (``tests/deploy/test_streaming.py``).
 
-The conditioned model does not stream yet (its speaker embeddings would have to come from
-audio already seen): this module raises a one-line error for it.
+The speaker-conditioned model streams with
+:class:`~spksep_modules.streaming_conditioned.StreamingConditionedSeparator`, which runs
+this class for its basic model.
 """
 
 import torch
 import torch.nn.functional as F
 
 from spksep_modules import SpkSepError
-from spksep_modules.nnet.filterbank import overlap_add_decode, padded_length
+from spksep_modules.nnet.filterbank import padded_length
 
 
 class FrameHistory:
@@ -95,7 +96,8 @@ class StreamingSeparator:
         if not isinstance(separator, ConvTasNet):
             raise SpkSepError(
                 f"streaming: a {type(separator).__name__} cannot stream (only a causal "
-                "ConvTasNet does; the conditioned model does not stream yet)")
+                "ConvTasNet does; a conditioned model streams with "
+                "streaming_conditioned.StreamingConditionedSeparator)")
         if not separator.causal:
             raise SpkSepError("streaming: the model is not causal (train it with causal: True)")
         self.model = separator.eval()
@@ -149,6 +151,10 @@ class StreamingSeparator:
         norm = tcn.in_norm
         self.in_norm = (norm.gamma.shape[0],), norm.gamma, norm.beta, norm.eps
         self.bottleneck = lin(tcn.bottleneck)
+        model = self.model
+        self.encoder_w = model.encoder.weight[:, 0, :].T.contiguous()  # [L, N]
+        Q = -(-self.L // self.S)  # hops a frame spans; the decoder's pieces padded to Q hops
+        self.decoder_w = F.pad(model.decoder.weight[:, 0, :], (0, Q * self.S - self.L))
         self.mask_w = tcn.mask_conv.weight[:, :, 0].T.contiguous()
 
     @staticmethod
@@ -169,7 +175,7 @@ class StreamingSeparator:
         return out.addcmul_(y, taps[-1])
 
     def _masks(self, enc):
-        """``enc [k, N]`` -> masks ``[C, N, k]``."""
+        """``enc [k, N]`` -> masks ``[k, C, N]`` (a view)."""
         tcn = self.tcn
         shape, gamma, beta, eps = self.in_norm
         bias, weight = self.bottleneck
@@ -187,19 +193,29 @@ class StreamingSeparator:
                 skip_sum = skp.clone() if skip_sum is None else skip_sum.add_(skp)
         feats = skip_sum if tcn.skip else x
         score = F.prelu(feats, tcn.out_act.weight) @ self.mask_w  # [k, C*N]
-        return tcn.mask(score.T[None])[0]  # [C, N, k]
+        return tcn.mask(score.T[None])[0].permute(2, 0, 1)  # the model's own mask activation
 
     def _frames(self, samples):
-        """Frames of ``samples [1, n]`` (n = (k - 1) * S + L) -> final output samples."""
-        enc = F.relu(self.model.encoder(samples.unsqueeze(1)))  # [1, N, k]
-        k = enc.shape[-1]
-        src_w = self._masks(enc[0].T) * enc  # [C, N, k]
-        wav = overlap_add_decode(src_w, self.model.decoder.weight, self.S)  # [C, (k-1)S+L]
+        """Frames of ``samples [1, n]`` (n = (k - 1) * S + L) -> final output samples.
+
+        Framing and the encoder are one matrix product on the unfolded samples, the decoder
+        one more and an overlap-add: on a chunk's few frames, conv1d's setup would cost
+        more than all its arithmetic."""
+        frames = samples[0].unfold(0, self.L, self.S)  # [k, L]
+        enc = torch.relu(frames @ self.encoder_w)  # [k, N]
+        k = enc.shape[0]
+        src_w = self._masks(enc) * enc[:, None]  # [k, C, N]
+        pieces = (src_w @ self.decoder_w).transpose(0, 1)  # [C, k, Q * S]
+        C, S, Q = pieces.shape[0], self.S, self.decoder_w.shape[1] // self.S
+        wav = pieces.new_zeros(C, k + Q - 1, S)  # overlap-add: piece q of frame j -> hop j + q
+        for q in range(Q):
+            wav[:, q: q + k] += pieces[..., q * S: (q + 1) * S]
+        wav = wav.reshape(C, -1)
         if self.tail is not None:
             wav[:, : self.tail.shape[1]] += self.tail
         self.frames += k
-        self.tail = wav[:, k * self.S:]
-        return wav[:, : k * self.S]
+        self.tail = wav[:, k * S: (k - 1) * S + self.L]
+        return wav[:, : k * S]
 
     # ---------------------------------------------------------------- public
     @torch.inference_mode()

@@ -77,10 +77,10 @@ def test_streaming_outputs_come_with_bounded_latency():
         assert received - emitted <= stream.latency_samples(chunk) - chunk + 1
 
 
-def test_non_causal_and_conditioned_models_do_not_stream():
+def test_non_causal_and_conditioned_models_are_refused_with_a_pointer():
     with pytest.raises(SpkSepError, match="not causal"):
         StreamingSeparator(tiny_convtasnet())
-    with pytest.raises(SpkSepError, match="does not stream yet"):
+    with pytest.raises(SpkSepError, match="streams with streaming_conditioned"):
         StreamingSeparator(tiny_conditioned(causal=True))
 
 
