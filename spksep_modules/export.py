@@ -3,7 +3,10 @@
 The exported graph maps ``mix [batch, time]`` (float32, at the model's sample rate) to the
 estimates ``[batch, time, num_spks]``; both axes are dynamic. It is the plain PyTorch
 forward (the hand-written CPU kernels, autograd functions, are switched off on a copy),
-traced on an example input, so the inference-only fast paths are not in it.
+traced on an example input, so the inference-only fast paths are not in it. A conditioned
+separator exports whole, its speaker network inside: on the copy, the modules whose
+forward a trace would freeze to the example's length (GE2E's partials, RawNet2's windows,
+complex STFTs, ECAPA's masks) are swapped to the variants of ``nnet.exportable``.
 
 Separating a file with the ONNX model needs only ``onnxruntime`` and ``soundfile``::
 
@@ -54,7 +57,8 @@ class PlainEstimates(nn.Module):
 
 
 def exportable(separator: nn.Module) -> nn.Module:
-    """A copy of ``separator`` in eval mode, CPU kernels off, wrapped in :class:`PlainEstimates`.
+    """A copy of ``separator`` in eval mode, CPU kernels off, speaker networks swapped to
+    their export variants (``nnet.exportable``), wrapped in :class:`PlainEstimates`.
 
     Example
     -------
@@ -64,8 +68,10 @@ def exportable(separator: nn.Module) -> nn.Module:
     'DepthwiseConv1d'
     """
     from spksep_modules.nnet.cpu_kernels import use_cpu_kernels
+    from spksep_modules.nnet.exportable import make_exportable
 
-    model = use_cpu_kernels(copy.deepcopy(separator).cpu().eval(), False)
+    model = use_cpu_kernels(copy.deepcopy(separator).cpu(), False)
+    model = make_exportable(model).eval()  # after the swap: the variants' own train()
     for module in model.modules():  # the exporters want tensors only in the state dict
         cls = type(module)
         if getattr(cls, "get_extra_state", nn.Module.get_extra_state) is not \
