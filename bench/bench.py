@@ -10,7 +10,16 @@
    ours against SpeechBrain's recipe model (same modules, weights and mixtures); the time
    ratio is what our loop around SpeechBrain's mask network costs.
 5. Streaming: algorithmic latency and real-time factor per 10 ms chunk, one thread, of the
-   causal Conv-TasNet at the paper's sizes (``bench_streaming.py``).
+   causal Conv-TasNet at the paper's sizes and of the conditioned pipeline (GE2E, RawNet2)
+   on top of it (``bench_streaming.py``).
+6. Training at scale: what ``--precision=bf16`` and ``compile: True`` (with and without the
+   CPU kernels) do to a Conv-TasNet training step at the paper's sizes, one thread, CPU
+   time of interleaved steps (``bench_training_scale.py``); what dynamic mixing costs per
+   batch against the static set (``bench_dynamic_mixing.py``).
+7. Time to quality: SI-SNRi after 5, 10 and 20 CPU-minutes of training, ours (with and
+   without its schedule and dynamic mixing) against SpeechBrain's Conv-TasNet, on the demo
+   set (``bench_time_to_quality.py``; the longest part, ~40 minutes on 2 cores; findings
+   in ``bench/NOTES.md``).
 
 Each part runs in its own process so that peak memory is measured per model. Ratios are
 what to read: absolute times depend on the machine and on what else it runs.
@@ -22,7 +31,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PARTS = ["bench_convtasnet.py", "bench_perceptual.py", "bench_rtf.py", "bench_sepformer.py",
-         "bench_streaming.py"]
+         "bench_streaming.py", "bench_training_scale.py", "bench_dynamic_mixing.py",
+         "bench_time_to_quality.py"]
 
 
 def main():

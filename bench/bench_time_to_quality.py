@@ -218,18 +218,26 @@ def train_variant(name, args):
                 results.append(dict(budget_min=budgets.pop(0) / 60, steps=steps, epochs=epoch,
                                     train_loss=float(loss), **scores))
                 print(f"[{name}] {results[-1]}", flush=True)
+                write_results(name, config, args, results)  # kept if a later budget is cut off
                 clock.resume()
                 if not budgets:
                     break
+
+
+def write_results(name, config, args, results):
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(dict(variant=name, config=config, args=vars(args), results=results), f, indent=1)
 
 
 def table(args):
+    """The results found in ``args.out``, a row per variant; a budget a variant did not
+    reach (cut off) shows as '-'."""
     rows = {}
     for name in args.variants:
-        with open(os.path.join(args.out, f"{name}.json")) as f:
-            rows[name] = {r["budget_min"]: r for r in json.load(f)["results"]}
+        path = os.path.join(args.out, f"{name}.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                rows[name] = {r["budget_min"]: r for r in json.load(f)["results"]}
     budgets = sorted(args.budgets)
     base = rows.get("speechbrain")
     head = " | ".join(f"{b:g} min: SI-SNRi (steps)" for b in budgets)
@@ -237,10 +245,12 @@ def table(args):
              f"| variant | {head} | STOI at {budgets[-1]:g} min | x SpeechBrain at {budgets[-1]:g} min |",
              "|---|" + "---|" * (len(budgets) + 2)]
     for name, by_budget in rows.items():
-        cells = [f"{by_budget[b]['si_snr_i']:.2f} ({by_budget[b]['steps']})" for b in budgets]
-        last = by_budget[budgets[-1]]
-        ratio = last["si_snr_i"] / base[budgets[-1]]["si_snr_i"] if base else float("nan")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {last['stoi']:.3f} | {ratio:.2f} |")
+        cells = [f"{by_budget[b]['si_snr_i']:.2f} ({by_budget[b]['steps']})" if b in by_budget
+                 else "-" for b in budgets]
+        last, base_last = by_budget.get(budgets[-1]), (base or {}).get(budgets[-1])
+        stoi = f"{last['stoi']:.3f}" if last else "-"
+        ratio = f"{last['si_snr_i'] / base_last['si_snr_i']:.2f}" if last and base_last else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {stoi} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -261,6 +271,7 @@ def parse_args(argv):
     parser.add_argument("--peak_lr", type=float, default=3e-3, help="with the schedule")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train", default=None, help=argparse.SUPPRESS)  # one variant, here
+    parser.add_argument("--table", action="store_true", help="only print the table of --out")
     return parser.parse_args(argv)
 
 
@@ -270,6 +281,9 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     if args.train:
         train_variant(args.train, args)
+        return
+    if args.table:
+        print(table(args))
         return
     prepare_data(args)  # once, before the variants share it
     pending, running = list(args.variants), []
@@ -281,7 +295,7 @@ def main(argv=None):
                 [sys.executable, os.path.abspath(__file__), *argv, "--train", name], env=env))
         running[0].wait()
         if running[0].returncode:
-            raise SystemExit(f"variant failed: {running[0].args[-1]}")
+            print(f"variant failed: {running[0].args[-1]} (exit {running[0].returncode})")
         running.pop(0)
     print(table(args))
 

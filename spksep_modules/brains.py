@@ -8,6 +8,10 @@ whatever named terms the loss returns.
 Validation always scores negative SI-SNR, so early stopping, learning-rate halving and the
 choice of the best checkpoint mean the same thing for every model. Validation and test run
 the separator's inference form (``models.fuse_for_inference``: same function, faster).
+
+Training at scale is the Brain's too: ``global_batch_size`` (see ``global_batch``) sets the
+per-process batch and the gradient accumulation for the number of processes at hand, and
+``compile: True`` wraps the separator (only) in ``torch.compile``.
 """
 
 import csv
@@ -20,6 +24,7 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process
 
+from spksep_modules.global_batch import plan_batches
 from spksep_modules.metrics import evaluate_mixture, pesq_mode
 from spksep_modules.models.fused import fuse_for_inference
 from spksep_modules.nonfinite import SkipNonFinite
@@ -28,6 +33,44 @@ logger = logging.getLogger(__name__)
 
 TEST_COLUMNS = ["mixture_ID", "si_snr", "si_snr_i", "sdr", "sdr_i", "stoi"]
 PESQ_COLUMN = "pesq"  # appended when the yaml sets `pesq: True`
+COMPILED_MODULES = ["separator"]  # the loss keeps Python state (step count, calibration)
+
+
+def unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` without its DDP / DataParallel and ``torch.compile`` wrappers.
+
+    Example
+    -------
+    >>> net = torch.nn.Linear(2, 2)
+    >>> unwrapped(torch.nn.DataParallel(net)) is net
+    True
+    """
+    while True:
+        if isinstance(module, (torch.nn.parallel.DistributedDataParallel,
+                               torch.nn.DataParallel)):
+            module = module.module
+        elif hasattr(module, "_orig_mod"):  # torch.compile's OptimizedModule
+            module = module._orig_mod
+        else:
+            return module
+
+
+def _processes() -> int:
+    """DDP processes of this run (1 without DDP)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    if os.environ.get("RANK") is not None and os.environ.get("LOCAL_RANK") is not None:
+        return int(os.environ.get("WORLD_SIZE", 1))
+    return 1
+
+
+def _set_by_user(name, run_opts, hparams) -> bool:
+    """Whether run option ``name`` came from the command line, ``run_opts`` or the yaml
+    (not SpeechBrain's default)."""
+    given = getattr(run_opts, "overridden_args", None)
+    if given is None:
+        given = run_opts or {}
+    return name in given or name in (hparams or {})
 
 
 class SeparationBrain(sb.Brain):
@@ -46,7 +89,67 @@ class SeparationBrain(sb.Brain):
     >>> loss = brain.compute_objectives(separator(torch.randn(2, 800)), batch, sb.Stage.TRAIN)
     >>> loss.shape, list(brain.stage_stats), brain.stage_stats["si_snr"][1]  # 2 mixtures logged
     (torch.Size([]), ['si_snr'], 2)
+
+    With ``batch_size`` in its hparams the Brain also plans the global batch
+    (:func:`~spksep_modules.global_batch.plan_batches`): ``global_batch_size`` sets the
+    training loader's batch and ``grad_accumulation_factor`` for the processes at hand,
+    and ``fit`` logs the plan when it starts.
+
+    >>> brain = SeparationBrain(modules={"separator": separator, "loss": SeparationLoss()},
+    ...                         hparams={"batch_size": 4, "global_batch_size": 12},
+    ...                         run_opts={"device": "cpu"})
+    >>> brain.batch_plan.describe(), brain.grad_accumulation_factor
+    ('batch: 4 per process x 1 process x 3 accumulated = global batch 12', 3)
     """
+
+    def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None,
+                 checkpointer=None):
+        super().__init__(modules, opt_class, hparams, run_opts, checkpointer)
+        self.global_batch_size = (hparams or {}).get("global_batch_size")
+        self.batch_plan = None
+        if hparams and "batch_size" in hparams:
+            explicit = _set_by_user("grad_accumulation_factor", run_opts, hparams)
+            self.batch_plan = plan_batches(
+                hparams["batch_size"], _processes(),
+                self.grad_accumulation_factor if explicit else None, self.global_batch_size)
+            self.grad_accumulation_factor = self.batch_plan.accumulation
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        if stage == sb.Stage.TRAIN and self.global_batch_size is not None:
+            loader_kwargs["batch_size"] = self.batch_plan.per_process
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+
+    def on_fit_start(self):
+        if self.batch_plan is not None:  # goes to the run's log.txt
+            logger.info(self.batch_plan.describe())
+        super().on_fit_start()
+
+    def _compile(self):
+        """``compile: True`` (or ``--compile``) compiles the separator, not the loss (its
+        step count and calibration are Python state), unless ``--compile_module_keys``
+        names others. SpeechBrain does it before wrapping in DDP, so DDP wraps the
+        compiled module. The separator's hand-written CPU kernels stay on: Dynamo cannot
+        trace them (the graph breaks around each), yet compiled with them a Conv-TasNet
+        step is faster on CPU than compiled without them (README, Compilation)."""
+        if not (self.compile and self.compile_module_keys is None):
+            return super()._compile()  # off, or the modules the user named
+        # Inductor's cache takes a file lock per graph, and SpeechBrain logs DEBUG to
+        # log.txt: hundreds of lock lines per run otherwise.
+        logging.getLogger("filelock").setLevel(logging.WARNING)
+        for name in COMPILED_MODULES:
+            if name in self.modules:  # as SpeechBrain's _compile calls it
+                self.modules[name] = torch.compile(
+                    self.modules[name], mode=self.compile_mode,
+                    fullgraph=self.compile_using_fullgraph,
+                    dynamic=self.compile_using_dynamic_shape_tracing,
+                ).to(self.device)
+        # SpeechBrain's own pass still serves --jit; with compile on it would compile every
+        # module (the loss too), so it runs with compile off.
+        self.compile = False
+        try:
+            super()._compile()
+        finally:
+            self.compile = True
 
     def compute_forward(self, batch, stage):
         """A ``SeparatorOutput``: estimates ``[B, T, C]`` (+ extras) for ``mix_sig [B, T]``."""
@@ -85,9 +188,16 @@ class SeparationBrain(sb.Brain):
             self.nonfinite = SkipNonFinite(
                 getattr(getattr(self, "hparams", None), "max_nonfinite_in_a_row", 20))
         self.nonfinite.skipped = 0  # mixtures skipped, counted per stage
+        if stage == sb.Stage.TRAIN and epoch is not None:
+            # Datasets that draw their items per epoch (dynamic mixing) learn it here, before
+            # the epoch's DataLoader iterator, and so its workers, are made.
+            for dataset in getattr(self, "epoch_datasets", ()):
+                if hasattr(dataset, "set_epoch"):
+                    dataset.set_epoch(epoch)
         if stage != sb.Stage.TRAIN:
-            separator = self.modules.separator
-            self.eval_separator = fuse_for_inference(getattr(separator, "module", separator))
+            # Evaluation runs eagerly: the folded inference form is faster than the
+            # compiled training graph, and no_grad would make Dynamo compile anew.
+            self.eval_separator = fuse_for_inference(unwrapped(self.modules.separator))
         if stage == sb.Stage.TEST:
             self.test_rows = []
 

@@ -42,7 +42,7 @@ AT_LEAST_ONE = (
     "stack_channels", "num_layers", "layers_per_group", "stack_kernel_size", "film_hidden",
     "refine_iterations", "window", "sinc_filters", "sinc_length", "gru_units", "embedding_dim",
     "K", "kernel_size", "intra_layers", "inter_layers", "nhead", "d_ffn",
-    "max_nonfinite_in_a_row",
+    "max_nonfinite_in_a_row", "global_batch_size",
 )
 POSITIVE = ("lr", "segment_seconds", "valid_segment_seconds", "max_grad_norm")
 NON_NEGATIVE = ("num_workers", "patience", "ckpt_interval_minutes", "perceptual_warmup",
@@ -55,7 +55,7 @@ NULLABLE = ("segment_seconds",)
 # A run folder that holds checkpoints is resumed only with the yaml it was started with;
 # these keys may differ (where the data is now, more epochs, loader processes, ...).
 MAY_CHANGE_ON_RESUME = ("output_folder", "data_folder", "number_of_epochs", "num_workers",
-                        "ckpt_interval_minutes")
+                        "ckpt_interval_minutes", "compile")
 ALLOW_CHANGED_FLAG = "--allow_changed_hparams"
 ALLOW_CHANGED_ENV = "SPKSEP_ALLOW_CHANGED_HPARAMS"
 DEBUG_ENV = "SPKSEP_DEBUG"

@@ -65,7 +65,7 @@ from spksep_modules.nnet.example_cache import ExampleCache
 from spksep_modules.nnet.filterbank import encode_padded, overlap_add_decode
 from spksep_modules.nnet.frozen import Frozen
 from spksep_modules.nnet.norms import plain_norm
-from spksep_modules.nnet.precision import widen_under_autocast
+from spksep_modules.nnet.precision import widen, widen_under_autocast
 
 
 class ConditionedLayer(nn.Module):
@@ -374,7 +374,9 @@ class ConditionedSeparator(Separator):
         B, T, C = estimates.shape
         waves = estimates.transpose(1, 2).reshape(B * C, T)
         emb = self.speaker_net.embed(waves).reshape(B, C, -1)
-        return F.normalize(emb, dim=-1)
+        # fp32 under mixed precision: the networks' scale is arbitrary and an fp16 norm
+        # overflows past 65504.
+        return F.normalize(widen(emb), dim=-1)
 
     def conditions(self, emb: torch.Tensor) -> torch.Tensor:
         """``emb [B, C, D]`` -> one conditioning vector per speaker ``[B, C, D or 2D]``."""

@@ -28,6 +28,7 @@ from spksep_modules.nnet.layers import (
     PReLUGLN,
 )
 from spksep_modules.nnet.norms import FrameLayerNorm, GlobalLayerNorm
+from spksep_modules.nnet.precision import widen_under_autocast
 
 MASK_ACTIVATIONS = ("relu", "sigmoid", "softmax")
 
@@ -116,7 +117,9 @@ class TCN(nn.Module):
         self.mask_conv = nn.Conv1d(B, num_spks * N, 1, bias=False)
 
     def forward(self, enc):
-        x = self.bottleneck(self.in_norm(enc))
+        # The residual stream and the skip sum are fp32 under mixed precision (as in the
+        # inference form, models.fused): 24 sums in bf16 would lose what later blocks add.
+        x = widen_under_autocast(self.bottleneck(self.in_norm(enc)))
         skip_sum = None
         for block in self.blocks:
             if self.checkpoint and torch.is_grad_enabled():
@@ -124,7 +127,7 @@ class TCN(nn.Module):
             else:
                 res, skp = block(x)
             if skp is not None:
-                skip_sum = skp if skip_sum is None else skip_sum + skp
+                skip_sum = widen_under_autocast(skp) if skip_sum is None else skip_sum + skp
             if res is not None:
                 x = x + res
         feats = skip_sum if self.skip else x

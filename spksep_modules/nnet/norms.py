@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spksep_modules.nnet.precision import widen
+
 
 class GlobalLayerNorm(nn.Module):
     """gLN: normalise each example over channels and frames together.
@@ -76,6 +78,9 @@ class ChannelNorm(nn.Module):
     >>> x = torch.randn(1, 8, 5)
     >>> torch.allclose(ChannelNorm()(x)[..., :3], ChannelNorm()(x[..., :3]))  # causal
     True
+    >>> y = ChannelNorm()((1000 * x).half())  # statistics in fp32: no fp16 overflow
+    >>> y.dtype, bool(torch.isfinite(y).all())
+    (torch.float32, True)
     """
 
     def __init__(self, eps: float = 1e-8):
@@ -83,6 +88,10 @@ class ChannelNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In fp32 under mixed precision: an fp16 variance overflows (inf) once the
+        # activations pass ~256, and eps=1e-8 is 0 in fp16. (group_norm and layer_norm,
+        # which the other norms run on, keep their statistics in fp32 themselves.)
+        x = widen(x)
         var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
         return (x - mean) * torch.rsqrt(var + self.eps)
 
