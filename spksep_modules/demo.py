@@ -100,25 +100,42 @@ def train(name: str, data: str, runs: str, extra=(), threads: int = None) -> str
 
 
 def train_all(names, data: str, runs: str, jobs: int) -> list:
-    """Train ``names`` ``jobs`` at a time, the conditioned model after the baseline it
-    starts from; returns their run folders in the order of ``names``."""
+    """Train ``names`` in ``jobs`` lanes side by side; returns their run folders in the
+    order of ``names``. The first lane trains the baseline and then the conditioned model
+    that starts from it; the other models share the other lanes (all lanes, with one job).
+
+    Example
+    -------
+    >>> lanes(["convtasnet", "weighted_sum", "triplet_like", "conditioning"], jobs=2)
+    [['convtasnet', 'conditioning'], ['weighted_sum', 'triplet_like']]
+    """
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        baseline = None
-        futures = {}
-        # The baseline first: the conditioned model needs it, so it must not queue last.
-        order = sorted(names, key=lambda n: n != "convtasnet")
-        for name in order:
-            if name == "conditioning":
-                continue
-            futures[name] = pool.submit(train, name, data, runs, (), threads)
-        if "conditioning" in names:
-            def conditioned():
-                base = futures["convtasnet"].result() if "convtasnet" in futures else \
-                    train("convtasnet", data, runs, (), threads)
-                return train("conditioning", data, runs, [f"--basic_model={base}"], threads)
-            futures["conditioning"] = pool.submit(conditioned)
-        return [futures[name].result() for name in names]
+    done = {}
+
+    def run_lane(lane):
+        for name in lane:
+            extra = [f"--basic_model={done['convtasnet']}"] if name == "conditioning" else []
+            done[name] = train(name, data, runs, extra, threads)
+
+    plan = lanes(names, jobs)
+    with ThreadPoolExecutor(max_workers=len(plan)) as pool:
+        for future in [pool.submit(run_lane, lane) for lane in plan]:
+            future.result()  # a failed run raises here
+    return [done[name] for name in names]
+
+
+def lanes(names, jobs: int) -> list:
+    """Split ``names`` into at most ``jobs`` lists trained one after the other: the baseline
+    and the conditioned model (which needs it) in the first, the rest round-robin."""
+    chain = [n for n in ("convtasnet", "conditioning") if n in names]
+    if "conditioning" in names and "convtasnet" not in names:
+        chain.insert(0, "convtasnet")  # its basic model, trained (or found) first
+    rest = [n for n in names if n not in chain]
+    plan = [chain] + [[] for _ in range(max(1, jobs) - 1)]
+    others = plan[1:] or plan
+    for i, name in enumerate(rest):
+        others[i % len(others)].append(name)
+    return [lane for lane in plan if lane]
 
 
 def main(argv=None):
