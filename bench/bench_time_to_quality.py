@@ -23,7 +23,8 @@ Variants (``--variants``), each adding one thing to the one before:
 
 The clock (``--clock``) is the training process's CPU time by default (all its threads;
 data loading runs in the process, so it is charged too), which a busy machine does not
-distort; ``wall`` is wall-clock time. ``--jobs`` variants train at once, each in its own
+distort; ``wall`` is wall-clock time; ``steps`` counts training steps (for variants of one
+model, whose steps cost the same: an ablation that no load can bias). ``--jobs`` variants train at once, each in its own
 process with ``--threads`` threads: with ``--jobs 2 --threads 1`` on 2 cores both get a
 core, and load from other programs hits them alike.
 
@@ -193,16 +194,18 @@ def train_variant(name, args):
     loss_fn = build_loss(config["model"])
     peak = args.peak_lr if config["schedule"] else args.lr
     optimiser = torch.optim.Adam(model.parameters(), lr=peak)
-    budgets = sorted(60.0 * b for b in args.budgets)
+    scale = 1.0 if args.clock == "steps" else 60.0  # budgets in steps, or minutes -> seconds
+    budgets = sorted(scale * b for b in args.budgets)
     results, steps, epoch = [], 0, 0
-    clock = BudgetClock(args.clock)
+    clock = BudgetClock("cpu" if args.clock == "steps" else args.clock)
+    spent = (lambda: steps) if args.clock == "steps" else clock.seconds
     while budgets:
         epoch += 1
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
         for batch in loader:
             if config["schedule"]:
-                lr = budget_lr(clock.seconds() / budgets[-1], peak)
+                lr = budget_lr(spent() / budgets[-1], peak)
                 for group in optimiser.param_groups:
                     group["lr"] = lr
             est = model(batch.mix_sig.data)
@@ -212,11 +215,12 @@ def train_variant(name, args):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimiser.step()
             steps += 1
-            if clock.seconds() >= budgets[0]:
+            if spent() >= budgets[0]:
                 clock.pause()
                 scores = evaluate(model, test_set, args.sample_rate)
-                results.append(dict(budget_min=budgets.pop(0) / 60, steps=steps, epochs=epoch,
-                                    train_loss=float(loss), **scores))
+                results.append(dict(budget_min=budgets.pop(0) / scale, steps=steps, epochs=epoch,
+                                    cpu_seconds=clock.seconds(), train_loss=float(loss.detach()),
+                                    **scores))
                 print(f"[{name}] {results[-1]}", flush=True)
                 write_results(name, config, args, results)  # kept if a later budget is cut off
                 clock.resume()
@@ -240,9 +244,10 @@ def table(args):
                 rows[name] = {r["budget_min"]: r for r in json.load(f)["results"]}
     budgets = sorted(args.budgets)
     base = rows.get("speechbrain")
-    head = " | ".join(f"{b:g} min: SI-SNRi (steps)" for b in budgets)
+    unit = "steps" if args.clock == "steps" else "min"
+    head = " | ".join(f"{b:g} {unit}: SI-SNRi (steps)" for b in budgets)
     lines = [f"{args.clock} clock, {args.threads} thread(s) per variant, {args.jobs} at once",
-             f"| variant | {head} | STOI at {budgets[-1]:g} min | x SpeechBrain at {budgets[-1]:g} min |",
+             f"| variant | {head} | STOI at {budgets[-1]:g} {unit} | x SpeechBrain at {budgets[-1]:g} {unit} |",
              "|---|" + "---|" * (len(budgets) + 2)]
     for name, by_budget in rows.items():
         cells = [f"{by_budget[b]['si_snr_i']:.2f} ({by_budget[b]['steps']})" if b in by_budget
@@ -262,7 +267,9 @@ def parse_args(argv):
     parser.add_argument("--sample_rate", type=int, default=16000)
     parser.add_argument("--budgets", type=float, nargs="+", default=[5, 10, 20], help="minutes")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    parser.add_argument("--clock", choices=("cpu", "wall", "steps"), default="cpu",
+                        help="steps: --budgets count training steps (equal compute for "
+                             "variants of the same model, whatever the machine's load)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2, help="variants trained at once")
     parser.add_argument("--batch", type=int, default=4)
