@@ -58,8 +58,8 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from spksep_modules import SpkSepError
-from spksep_modules.audio import _reason, read_wav
-from spksep_modules.data.librimix import speakers_from_mixture_id
+from spksep_modules.audio import read_wav
+from spksep_modules.data.librimix import check_header, speakers_from_mixture_id
 
 # LibriMix's constants (scripts/create_librimix_metadata.py).
 LOUDNESS_RANGE = (-33.0, -25.0)  # LUFS: each source's target, drawn uniformly
@@ -190,19 +190,8 @@ def folder_utterances(folder, sample_rate):
         )
     utterances = []
     for path, speaker in paths:
-        try:
-            info = sf.info(path)
-        except (sf.LibsndfileError, RuntimeError) as err:
-            raise SpkSepError(f"{path}: cannot read audio header ({_reason(err)})") from None
-        if info.channels != 1:
-            raise SpkSepError(f"{path}: expected mono, got {info.channels} channels")
-        if info.samplerate != sample_rate:
-            raise SpkSepError(
-                f"{path}: {sample_rate} Hz expected, file is {info.samplerate} Hz "
-                "(dynamic mixing does not resample: give dm_folder a copy at the recipe's rate)"
-            )
-        if info.frames == 0:
-            raise SpkSepError(f"{path}: file is empty (0 samples)")
+        info = check_header(path, sample_rate, rate_hint=(
+            " (dynamic mixing does not resample: give dm_folder a copy at the recipe's rate)"))
         utt_id = os.path.splitext(os.path.basename(path))[0]
         utterances.append(Utterance(utt_id, path, speaker, info.frames))
     return utterances

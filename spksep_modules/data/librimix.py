@@ -367,21 +367,30 @@ def _scan_split(split_dir, num_spks):
     ]
 
 
+def check_header(path, sample_rate, rate_hint=""):
+    """``soundfile`` info of ``path`` after the header checks every reader of training audio
+    makes: readable, mono, at ``sample_rate`` (``rate_hint`` is appended to that error),
+    not empty. Each failure is one ``SpkSepError`` line naming the file."""
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise SpkSepError(f"{path}: cannot read audio header ({_reason(err)})") from None
+    if info.channels != 1:
+        raise SpkSepError(f"{path}: expected mono, got {info.channels} channels")
+    if info.samplerate != sample_rate:
+        raise SpkSepError(f"{path}: {sample_rate} Hz expected, file is {info.samplerate} Hz"
+                          + rate_hint)
+    if info.frames == 0:
+        raise SpkSepError(f"{path}: file is empty (0 samples)")
+    return info
+
+
 def _check_headers(paths, sample_rate, expected_length):
     """Header checks of a mixture and its sources (plus a full read of floating-point
     files for NaN/Inf); returns the length in samples."""
     length = None
     for path in paths:
-        try:
-            info = sf.info(path)
-        except (sf.LibsndfileError, RuntimeError) as err:
-            raise SpkSepError(f"{path}: cannot read audio header ({_reason(err)})") from None
-        if info.channels != 1:
-            raise SpkSepError(f"{path}: expected mono, got {info.channels} channels")
-        if info.samplerate != sample_rate:
-            raise SpkSepError(f"{path}: {sample_rate} Hz expected, file is {info.samplerate} Hz")
-        if info.frames == 0:
-            raise SpkSepError(f"{path}: file is empty (0 samples)")
+        info = check_header(path, sample_rate)
         _check_not_truncated(path)
         if info.subtype in ("FLOAT", "DOUBLE"):  # integer samples cannot be NaN or Inf
             _check_finite(path)
