@@ -17,6 +17,8 @@ Variants (``--variants``), each adding one thing to the one before:
   optimiser and learning rate: what our speed alone buys.
 - ``ours+schedule``: a learning-rate schedule that knows the budget: linear warm-up over
   the first 3% of it to ``--peak_lr``, then a cosine decay to zero at its end.
+- ``ours+decay``: the same schedule at SpeechBrain's rate: warm-up to ``--lr`` (not
+  ``--peak_lr``), then cosine to zero at the budget's end; ``ours+decay2x`` peaks at twice it.
 - ``ours+dm``: ``ours+schedule`` trained on dynamic mixing
   (``spksep_modules.data.dynamic_mixing``): new mixtures of the training speakers'
   utterances at every step instead of crops of the fixed mixtures.
@@ -56,6 +58,9 @@ VARIANTS = {
     "speechbrain": dict(model="speechbrain", schedule=False, dynamic_mixing=False),
     "ours": dict(model="ours", schedule=False, dynamic_mixing=False),
     "ours+schedule": dict(model="ours", schedule=True, dynamic_mixing=False),
+    # The schedule's peak as a multiple of --lr (None: --peak_lr).
+    "ours+decay": dict(model="ours", schedule=True, dynamic_mixing=False, peak_x_lr=1.0),
+    "ours+decay2x": dict(model="ours", schedule=True, dynamic_mixing=False, peak_x_lr=2.0),
     "ours+dm": dict(model="ours", schedule=True, dynamic_mixing=True),
 }
 SIZES = dict(N=128, L=16, B=64, H=128, P=3, X=6, R=2)
@@ -192,7 +197,9 @@ def train_variant(name, args):
     dataset, loader = train_loader(csvs, config, args, args.seed)
     model = build_model(config["model"]).train()
     loss_fn = build_loss(config["model"])
-    peak = args.peak_lr if config["schedule"] else args.lr
+    peak = args.lr
+    if config["schedule"]:
+        peak = args.lr * config["peak_x_lr"] if config.get("peak_x_lr") else args.peak_lr
     optimiser = torch.optim.Adam(model.parameters(), lr=peak)
     scale = 1.0 if args.clock == "steps" else 60.0  # budgets in steps, or minutes -> seconds
     budgets = sorted(scale * b for b in args.budgets)

@@ -36,7 +36,9 @@ class FrameHistory:
     A linear buffer with room for several chunks after the context: ``append(y)`` writes
     the new frames after the current ones and returns a view of the context followed by
     them, so the taps are plain slices (no concatenation per chunk). When the room runs
-    out, the context is moved back to the front (once every few chunks).
+    out, the context is moved back to the front. The room is at least twice the context,
+    so that move (context frames) costs at most half a frame per frame appended: with a
+    fixed room, the 256-frame contexts of the last blocks were copied every few chunks.
 
     Example
     -------
@@ -49,15 +51,19 @@ class FrameHistory:
 
     def __init__(self, context: int, channels: int, dtype=torch.float32):
         self.context = context
-        self.buffer = torch.zeros(context + 64, channels, dtype=dtype)
+        self.buffer = torch.zeros(context + max(64, 2 * context), channels, dtype=dtype)
         self.end = context  # frames before ``end`` hold the history
 
     def append(self, frames: torch.Tensor) -> torch.Tensor:
         k = frames.shape[0]
         if self.end + k > self.buffer.shape[0]:
-            history = self.buffer[self.end - self.context: self.end].clone()
+            start = self.end - self.context
+            history = self.buffer[start: self.end]
+            if start < self.context:  # overlaps the front: copy it out first
+                history = history.clone()
             if self.context + k > self.buffer.shape[0]:
-                self.buffer = self.buffer.new_zeros(self.context + 8 * k, frames.shape[1])
+                self.buffer = self.buffer.new_zeros(self.context + max(64, 2 * self.context, 8 * k),
+                                                    frames.shape[1])
             self.buffer[: self.context] = history
             self.end = self.context
         self.buffer[self.end: self.end + k] = frames

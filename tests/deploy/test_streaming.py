@@ -8,7 +8,7 @@ from spksep_modules.audio import read_wav, write_wav
 from spksep_modules.inference import separate_files
 from spksep_modules.models import ConvTasNet, fuse_for_inference
 from spksep_modules.nnet.cpu_kernels import use_cpu_kernels
-from spksep_modules.streaming import StreamingSeparator
+from spksep_modules.streaming import FrameHistory, StreamingSeparator
 
 from deploy_helpers import RATE, tiny_conditioned, tiny_convtasnet, write_run
 
@@ -65,6 +65,18 @@ def test_streaming_equals_the_offline_causal_model(chunk, L):
         start += size
     torch.testing.assert_close(torch.cat(pieces + [stream.flush()]), want, atol=1e-5,
                                rtol=1e-4)
+
+
+@pytest.mark.parametrize("context", [1, 6, 256])
+def test_frame_history_equals_concatenating_the_whole_past(context):
+    # ragged appends, small and larger than the room, so the buffer wraps (its context
+    # overlapping the front or not) and grows
+    history, past = FrameHistory(context, channels=3), torch.zeros(context, 3)
+    generator = torch.Generator().manual_seed(context)
+    for size in [10] * 40 + [1, 3, 700, 2, 10, 1000] + [10] * 60:
+        frames = torch.randn(size, 3, generator=generator)
+        past = torch.cat([past, frames])
+        assert torch.equal(history.append(frames), past[-(context + size):])
 
 
 def test_streaming_outputs_come_with_bounded_latency():
