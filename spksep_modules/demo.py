@@ -40,12 +40,12 @@ SMALL = [
 CALIBRATED = ["--representation=ge2e", "--normalised_distances=True", "--perceptual_share=0.03",
               "--perceptual_warmup=100"]
 MODELS = {
-    "convtasnet": ["hparams/convtasnet.yaml", "--number_of_epochs=16"],
-    "weighted_sum": ["hparams/weighted_sum.yaml", "--number_of_epochs=16", *CALIBRATED],
-    "triplet_like": ["hparams/triplet_like.yaml", "--number_of_epochs=16", *CALIBRATED,
+    "convtasnet": ["hparams/convtasnet.yaml", "--number_of_epochs=10"],
+    "weighted_sum": ["hparams/weighted_sum.yaml", "--number_of_epochs=10", *CALIBRATED],
+    "triplet_like": ["hparams/triplet_like.yaml", "--number_of_epochs=10", *CALIBRATED,
                      "--alpha=1.0"],
     # Starts from the trained baseline, as in the paper.
-    "conditioning": ["hparams/conditioning.yaml", "--number_of_epochs=10", "--speaker_net=ge2e"],
+    "conditioning": ["hparams/conditioning.yaml", "--number_of_epochs=6", "--speaker_net=ge2e"],
 }
 # More speakers than the generator's default, so that the small model generalises to the
 # unseen test speakers within a few minutes of training.
