@@ -20,6 +20,9 @@ Variants (``--variants``), each adding one thing to the one before:
   the first 3% of it to ``--peak_lr``, then a cosine decay to zero at its end.
 - ``ours+decay``: the same schedule at SpeechBrain's rate: warm-up to ``--lr`` (not
   ``--peak_lr``), then cosine to zero at the budget's end; ``ours+decay2x`` peaks at twice it.
+- ``ours+ema``: ``ours``, evaluated with an exponential moving average of its weights
+  (decay 0.99 per step, ``torch.optim.swa_utils``): it smooths the step-to-step noise of
+  a constant-rate run.
 - ``ours+dm``: ``ours+schedule`` trained on dynamic mixing
   (``spksep_modules.data.dynamic_mixing``): new mixtures of the training speakers'
   utterances at every step instead of crops of the fixed mixtures.
@@ -65,6 +68,8 @@ VARIANTS = {
     "ours+decay": dict(model="ours", schedule=True, dynamic_mixing=False, peak_x_lr=1.0),
     "ours+decay2x": dict(model="ours", schedule=True, dynamic_mixing=False, peak_x_lr=2.0),
     "ours+dm": dict(model="ours", schedule=True, dynamic_mixing=True),
+    # ``ours``, evaluated with an exponential moving average of its weights (this decay).
+    "ours+ema": dict(model="ours", schedule=False, dynamic_mixing=False, ema=0.99),
 }
 # What `make bench` runs; the learning-rate ablations (NOTES.md) are there for --variants.
 DEFAULT_VARIANTS = ["speechbrain", "ours", "ours+schedule", "ours+dm"]
@@ -219,6 +224,12 @@ def train_variant(name, args):
     loss_fn = build_loss(config["model"])
     peak = peak_lr(config, args)
     optimiser = torch.optim.Adam(model.parameters(), lr=peak)
+    averaged = None
+    if config.get("ema"):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["ema"]),
+                                 use_buffers=True)
     scale = 1.0 if args.clock == "steps" else 60.0  # budgets in steps, or minutes -> seconds
     budgets = sorted(scale * b for b in args.budgets)
     results, steps, epoch = [], 0, 0
@@ -239,10 +250,13 @@ def train_variant(name, args):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimiser.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             steps += 1
             if spent() >= budgets[0]:
                 clock.pause()
-                scores = evaluate(model, test_set, args.sample_rate)
+                scored = averaged.module if averaged is not None else model
+                scores = evaluate(scored, test_set, args.sample_rate)
                 results.append(dict(budget_min=budgets.pop(0) / scale, steps=steps, epochs=epoch,
                                     cpu_seconds=clock.seconds(), train_loss=float(loss.detach()),
                                     **scores))

@@ -38,7 +38,8 @@ def test_two_variants_train_and_are_evaluated_at_each_budget(ttq, tmp_path):
                           num_dev_speakers=2, num_test_speakers=2)
     out = tmp_path / "out"
     argv = ["--data", data, "--out", str(out), "--sample_rate", "8000", "--clock", "steps",
-            "--budgets", "1", "2", "--segment", "0.5", "--variants", "ours", "ours+decay"]
+            "--budgets", "1", "2", "--segment", "0.5", "--variants", "ours", "ours+decay",
+            "ours+ema"]
     args = ttq.parse_args(argv)
     os.makedirs(out)
     threads = torch.get_num_threads()  # train_variant sets --threads for its process
@@ -51,5 +52,10 @@ def test_two_variants_train_and_are_evaluated_at_each_budget(ttq, tmp_path):
         results = json.loads((out / f"{name}.json").read_text())["results"]
         assert [r["steps"] for r in results] == [1, 2]
         assert all(abs(r["si_snr_i"]) < 100 and 0 <= r["stoi"] <= 1 for r in results)
+    # the same training run (same seed), scored with its averaged weights: another score
+    ours, ema = (json.loads((out / f"{name}.json").read_text())["results"]
+                 for name in ("ours", "ours+ema"))
+    assert [r["train_loss"] for r in ema] == [r["train_loss"] for r in ours]
+    assert ema[-1]["si_snr_i"] != ours[-1]["si_snr_i"]
     table = ttq.table(args)
-    assert "| ours | " in table and "| ours+decay | " in table
+    assert "| ours | " in table and "| ours+decay | " in table and "| ours+ema | " in table
