@@ -7,7 +7,7 @@ LibriMix-layout folder (default: the demo set, written on first use), and is eva
 with the same metric code (``spksep_modules.metrics.evaluate_mixture``) on the whole test
 utterances each time its clock passes a budget. Evaluation is not charged to the clock.
 
-Variants (``--variants``), each adding one thing to the one before:
+Variants (``--variants``), each changing one thing in one before it:
 
 - ``speechbrain``: SpeechBrain's lobes (``dual_path.Encoder``, ``conv_tasnet.MaskNet``,
   ``dual_path.Decoder``, wired as its LibriMix recipe wires them) and its uPIT SI-SNR loss
@@ -61,12 +61,12 @@ for path in (REPO, HERE):
 VARIANTS = {
     "speechbrain": dict(model="speechbrain", schedule=False, dynamic_mixing=False),
     "ours": dict(model="ours", schedule=False, dynamic_mixing=False),
-    # Constant, at a multiple of --lr.
+    # lr_x: the constant rate, or the schedule's peak, as a multiple of --lr (without it,
+    # a schedule peaks at --peak_lr).
     "ours+lr2x": dict(model="ours", schedule=False, dynamic_mixing=False, lr_x=2.0),
     "ours+schedule": dict(model="ours", schedule=True, dynamic_mixing=False),
-    # The schedule's peak as a multiple of --lr (None: --peak_lr).
-    "ours+decay": dict(model="ours", schedule=True, dynamic_mixing=False, peak_x_lr=1.0),
-    "ours+decay2x": dict(model="ours", schedule=True, dynamic_mixing=False, peak_x_lr=2.0),
+    "ours+decay": dict(model="ours", schedule=True, dynamic_mixing=False, lr_x=1.0),
+    "ours+decay2x": dict(model="ours", schedule=True, dynamic_mixing=False, lr_x=2.0),
     "ours+dm": dict(model="ours", schedule=True, dynamic_mixing=True),
     # ``ours``, evaluated with an exponential moving average of its weights (this decay).
     "ours+ema": dict(model="ours", schedule=False, dynamic_mixing=False, ema=0.99),
@@ -133,9 +133,9 @@ def peak_lr(config, args):
     ...                                              "ours+decay", "ours+decay2x")]
     [0.001, 0.002, 0.003, 0.001, 0.002]
     """
-    if config["schedule"]:
-        return args.lr * config["peak_x_lr"] if config.get("peak_x_lr") else args.peak_lr
-    return args.lr * config.get("lr_x", 1.0)
+    if "lr_x" in config:
+        return args.lr * config["lr_x"]
+    return args.peak_lr if config["schedule"] else args.lr
 
 
 def build_model(kind):

@@ -51,7 +51,7 @@ class FrameHistory:
 
     def __init__(self, context: int, channels: int, dtype=torch.float32):
         self.context = context
-        self.buffer = torch.zeros(context + max(64, 2 * context), channels, dtype=dtype)
+        self.buffer = torch.zeros(self._size(0), channels, dtype=dtype)
         self.end = context  # frames before ``end`` hold the history
 
     def append(self, frames: torch.Tensor) -> torch.Tensor:
@@ -62,13 +62,16 @@ class FrameHistory:
             if start < self.context:  # overlaps the front: copy it out first
                 history = history.clone()
             if self.context + k > self.buffer.shape[0]:
-                self.buffer = self.buffer.new_zeros(self.context + max(64, 2 * self.context, 8 * k),
-                                                    frames.shape[1])
+                self.buffer = self.buffer.new_zeros(self._size(k), frames.shape[1])
             self.buffer[: self.context] = history
             self.end = self.context
         self.buffer[self.end: self.end + k] = frames
         self.end += k
         return self.buffer[self.end - k - self.context: self.end]
+
+    def _size(self, k: int) -> int:
+        """Buffer frames: the context and a room of at least twice it (and 8 appends of k)."""
+        return self.context + max(64, 2 * self.context, 8 * k)
 
 
 class StreamingSeparator:

@@ -32,7 +32,7 @@ def test_learning_rate_variants(ttq):
     assert ttq.budget_lr(1.0, rates["ours+decay2x"]) == 0.0
 
 
-def test_two_variants_train_and_are_evaluated_at_each_budget(ttq, tmp_path):
+def test_variants_train_and_are_evaluated_at_each_budget(ttq, tmp_path):
     data = make_demo_data(str(tmp_path / "data"), num_train=8, num_dev=2, num_test=2,
                           seconds=1.0, sample_rate=8000, num_train_speakers=4,
                           num_dev_speakers=2, num_test_speakers=2)
