@@ -26,6 +26,13 @@ Variants (``--variants``), each changing one thing in one before it:
 - ``ours+dm``: ``ours+schedule`` trained on dynamic mixing
   (``spksep_modules.data.dynamic_mixing``): new mixtures of the training speakers'
   utterances at every step instead of crops of the fixed mixtures.
+- ``ours+cooldown``: ``ours``, whose rate decays linearly to zero over the last 15% of
+  each budget (a warmup-stable-decay schedule without the warm-up): the run keeps the
+  constant rate, and at 85% of each budget a copy of it takes the decay and is scored; the
+  copy's compute is charged to that budget alone, as it would be in a run of that length.
+- ``ours+dm-const``: ``ours`` (constant rate) on dynamic mixing, LibriMix's loudness rule.
+- ``ours+dm-split``: the same, each new mixture taking the loudness of the sources of a
+  random training mixture (``dm_loudness: train_split``) instead of LibriMix's rule.
 
 The clock (``--clock``) is the training process's CPU time by default (all its threads;
 data loading runs in the process, so it is charged too), which a busy machine does not
@@ -43,6 +50,7 @@ Results (one JSON per variant) go to ``--out``; the table is printed at the end.
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -68,6 +76,13 @@ VARIANTS = {
     "ours+decay": dict(model="ours", schedule=True, dynamic_mixing=False, lr_x=1.0),
     "ours+decay2x": dict(model="ours", schedule=True, dynamic_mixing=False, lr_x=2.0),
     "ours+dm": dict(model="ours", schedule=True, dynamic_mixing=True),
+    "ours+dm-const": dict(model="ours", schedule=False, dynamic_mixing=True),
+    "ours+dm-split": dict(model="ours", schedule=False, dynamic_mixing=True, loudness="train_split"),
+    # cooldown: the fraction of each budget spent decaying the rate linearly to zero, in a
+    # copy branched off the constant-rate run (so one run serves every budget).
+    "ours+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False, cooldown=0.15),
+    "ours+dm-split+cooldown": dict(model="ours", schedule=False, dynamic_mixing=True,
+                                   loudness="train_split", cooldown=0.15),
     # ``ours``, evaluated with an exponential moving average of its weights (this decay).
     "ours+ema": dict(model="ours", schedule=False, dynamic_mixing=False, ema=0.99),
 }
@@ -176,13 +191,18 @@ def train_loader(csvs, config, args, seed):
     from speechbrain.dataio.batch import PaddedBatch
 
     if config["dynamic_mixing"]:
-        from spksep_modules.data.dynamic_mixing import DynamicMixingDataset, split_utterances
+        from spksep_modules.data.dynamic_mixing import (LOUDNESS_RANGE, DynamicMixingDataset,
+                                                        split_loudness, split_utterances)
 
         with open(csvs["train"]) as f:
             epoch_mixtures = sum(1 for _ in f) - 1
+        loudness = LOUDNESS_RANGE
+        if config.get("loudness") == "train_split":
+            loudness = split_loudness(csvs["train"], 2, args.sample_rate)
         dataset = DynamicMixingDataset(
             split_utterances(csvs["train"], 2, args.sample_rate), args.sample_rate, 2,
-            epoch_mixtures=epoch_mixtures, segment_seconds=args.segment, seed=seed, rank=0)
+            epoch_mixtures=epoch_mixtures, segment_seconds=args.segment, seed=seed, rank=0,
+            loudness=loudness)
     else:
         from spksep_modules.data.pipeline import build_datasets
 
@@ -210,6 +230,39 @@ def evaluate(model, test_set, rate):
     return {key: sum(r[key] for r in rows) / len(rows) for key in ("si_snr_i", "stoi")}
 
 
+def train_step(model, optimiser, loss_fn, batch, lr=None):
+    """One update (Adam, clipping at 5); ``lr``: set the rate first. Returns the loss."""
+    if lr is not None:
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+    est = model(batch.mix_sig.data)
+    loss = loss_fn(est, batch.sources.data)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    optimiser.step()
+    return loss
+
+
+def cool_down(model, optimiser, loss_fn, loader, length, kind):
+    """A copy of ``model`` trained ``length`` more (steps, or seconds of ``kind``'s clock)
+    with its rate decayed linearly from the current one to zero; the originals are not
+    touched, so the run it branched from goes on as if it had not. Returns (copy, steps,
+    last loss)."""
+    model, optimiser = copy.deepcopy((model, optimiser))  # one memo: the copy's optimiser
+    peak = optimiser.param_groups[0]["lr"]                 # steps the copy's parameters
+    clock, steps, loss = BudgetClock("cpu" if kind == "steps" else kind), 0, None
+    spent = (lambda: steps) if kind == "steps" else clock.seconds
+    while spent() < length:
+        for batch in loader:
+            if spent() >= length:
+                break
+            lr = peak * max(0.0, 1.0 - spent() / length)
+            loss = train_step(model, optimiser, loss_fn, batch, lr)
+            steps += 1
+    return model, steps, loss
+
+
 def train_variant(name, args):
     """Train ``name`` until the largest budget, evaluating at each; write its JSON."""
     torch.set_num_threads(args.threads)
@@ -230,6 +283,9 @@ def train_variant(name, args):
 
         averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["ema"]),
                                  use_buffers=True)
+    cooldown = config.get("cooldown", 0.0)
+    if cooldown:  # its own shuffling, so that the run it branches from stays the plain one's
+        branch_loader = train_loader(csvs, config, args, args.seed + 1)[1]
     scale = 1.0 if args.clock == "steps" else 60.0  # budgets in steps, or minutes -> seconds
     budgets = sorted(scale * b for b in args.budgets)
     results, steps, epoch = [], 0, 0
@@ -240,31 +296,28 @@ def train_variant(name, args):
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
         for batch in loader:
-            if config["schedule"]:
-                lr = budget_lr(spent() / budgets[-1], peak)
-                for group in optimiser.param_groups:
-                    group["lr"] = lr
-            est = model(batch.mix_sig.data)
-            loss = loss_fn(est, batch.sources.data)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimiser.step()
+            lr = budget_lr(spent() / budgets[-1], peak) if config["schedule"] else None
+            loss = train_step(model, optimiser, loss_fn, batch, lr)
             if averaged is not None:
                 averaged.update_parameters(model)
             steps += 1
-            if spent() >= budgets[0]:
+            # A budget is reached, or (cooldown) the point where its cool-down branches off.
+            while budgets and spent() >= (1.0 - cooldown) * budgets[0]:
                 clock.pause()
-                scored = averaged.module if averaged is not None else model
+                scored, total_steps, last_loss = averaged.module if averaged is not None else model, steps, loss
+                if cooldown:  # the branch's compute is charged to this budget only
+                    scored, extra, last_loss = cool_down(model, optimiser, loss_fn, branch_loader,
+                                                         budgets[0] - spent(), args.clock)
+                    total_steps += extra
                 scores = evaluate(scored, test_set, args.sample_rate)
-                results.append(dict(budget_min=budgets.pop(0) / scale, steps=steps, epochs=epoch,
-                                    cpu_seconds=clock.seconds(), train_loss=float(loss.detach()),
-                                    **scores))
+                results.append(dict(budget_min=budgets.pop(0) / scale, steps=total_steps,
+                                    epochs=epoch, cpu_seconds=clock.seconds(),
+                                    train_loss=float(last_loss.detach()), **scores))
                 print(f"[{name}] {results[-1]}", flush=True)
                 write_results(name, config, args, results)  # kept if a later budget is cut off
                 clock.resume()
-                if not budgets:
-                    break
+            if not budgets:
+                break
 
 
 def write_results(name, config, args, results):

@@ -59,3 +59,61 @@ def test_variants_train_and_are_evaluated_at_each_budget(ttq, tmp_path):
     assert ema[-1]["si_snr_i"] != ours[-1]["si_snr_i"]
     table = ttq.table(args)
     assert "| ours | " in table and "| ours+decay | " in table and "| ours+ema | " in table
+
+
+def test_cool_down_trains_a_copy_at_a_rate_falling_to_zero(ttq, tmp_path):
+    from spksep_modules.losses import SeparationLoss
+
+    torch.manual_seed(0)
+    model = ttq.build_model("ours")
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch = type("Batch", (), {})()  # what train_step reads of a PaddedBatch
+    batch.mix_sig = type("Padded", (), {"data": torch.randn(2, 800)})()
+    batch.sources = type("Padded", (), {"data": torch.randn(2, 800, 2)})()
+    loss = SeparationLoss()
+    loss_fn = lambda est, sources: loss(est, sources)["loss"]  # noqa: E731
+    ttq.train_step(model, optimiser, loss_fn, batch)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    rates = []
+    real_step = ttq.train_step
+
+    def spy(model_, optimiser_, loss_fn_, batch_, lr=None):
+        rates.append(lr)
+        return real_step(model_, optimiser_, loss_fn_, batch_, lr)
+
+    ttq.train_step = spy
+    try:
+        copy, steps, last = ttq.cool_down(model, optimiser, loss_fn, [batch] * 3, 4, "steps")
+    finally:
+        ttq.train_step = real_step
+    assert steps == 4 and torch.isfinite(last)
+    assert rates == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3])  # linear, to zero at the end
+    # the branch trained a copy: the original model and its optimiser are untouched
+    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
+    assert optimiser.param_groups[0]["lr"] == 1e-3
+    assert optimiser.state[next(model.parameters())]["step"] == 1
+    assert any(not torch.equal(before[k], v) for k, v in copy.named_parameters())
+
+
+def test_cooldown_variant_scores_a_branch_at_each_budget(ttq, tmp_path, monkeypatch):
+    data = make_demo_data(str(tmp_path / "data"), num_train=8, num_dev=2, num_test=2,
+                          seconds=1.0, sample_rate=8000, num_train_speakers=4,
+                          num_dev_speakers=2, num_test_speakers=2)
+    out = tmp_path / "out"
+    os.makedirs(out)
+    # half of each budget in the branch: at 2 and 4 steps, branches off steps 1 and 2
+    monkeypatch.setitem(ttq.VARIANTS, "ours+cooldown", {**ttq.VARIANTS["ours+cooldown"], "cooldown": 0.5})
+    args = ttq.parse_args(["--data", data, "--out", str(out), "--sample_rate", "8000", "--clock",
+                           "steps", "--budgets", "2", "4", "--segment", "0.5", "--variants",
+                           "ours", "ours+cooldown"])
+    threads = torch.get_num_threads()
+    try:
+        for name in args.variants:
+            ttq.train_variant(name, args)
+    finally:
+        torch.set_num_threads(threads)
+    ours, cooled = (json.loads((out / f"{name}.json").read_text())["results"]
+                    for name in args.variants)
+    assert [r["steps"] for r in cooled] == [r["steps"] for r in ours] == [2, 4]
+    assert [r["epochs"] for r in cooled] == [1, 1]  # branched off at steps 1 and 2 of the run
+    assert all(c["si_snr_i"] != o["si_snr_i"] for c, o in zip(cooled, ours))

@@ -12,7 +12,10 @@ Dynamic mixing instead builds every training item anew, the way LibriMix's own s
    not aligned as they are in the static files;
 3. each segment's loudness set to a target drawn uniformly from [-33, -25] LUFS
    (ITU-R BS.1770 integrated loudness, measured with ``pyloudnorm``); a segment that would
-   then reach full scale is instead scaled to a 0.9 peak;
+   then reach full scale is instead scaled to a 0.9 peak. With ``loudness="train_split"``
+   the targets are instead the loudness of the sources of a random mixture of the training
+   split (``split_loudness``): new mixtures then keep the levels, and the level differences,
+   of the data set they stand in for, whatever rule made it;
 4. the sources summed, and the mixture and its sources scaled together to a 0.9 peak if
    the mixture exceeds it (LibriMix's ``MAX_AMP = 0.9``, ``MIN_LOUDNESS = -33``,
    ``MAX_LOUDNESS = -25``).
@@ -249,6 +252,50 @@ def integrated_loudness(meter, signal):
         return float(-0.691 + 10.0 * np.log10(z[gated].mean()))
 
 
+def split_loudness(csv_path, num_spks, sample_rate):
+    """The BS.1770 loudness (LUFS) of every source of a ``prepare_librimix`` CSV, by mixture.
+
+    What ``loudness="train_split"`` draws targets from: one row per mixture, so the levels
+    of a mixture's sources, and their differences, are drawn together. Mixtures with a
+    silent source (no finite loudness) are left out.
+
+    Returns
+    -------
+    numpy.ndarray ``[mixtures, num_spks]``, float64.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     rng, rows = np.random.default_rng(0), ["ID,duration,mix_wav,s1_wav,s2_wav"]
+    ...     for i, (a, b) in enumerate([(0.1, 0.01), (0.05, 0.0)]):  # the second has a silent source
+    ...         for name, scale in (("a", a), ("b", b)):
+    ...             sf.write(os.path.join(tmp, f"{name}{i}.wav"), scale * rng.standard_normal(8000), 8000)
+    ...         rows.append(f"19-1-{i}_26-1-{i},1.0,m.wav,{tmp}/a{i}.wav,{tmp}/b{i}.wav")
+    ...     with open(os.path.join(tmp, "train.csv"), "w") as f:
+    ...         _ = f.write("\\n".join(rows) + "\\n")
+    ...     table = split_loudness(os.path.join(tmp, "train.csv"), 2, 8000)
+    >>> table.shape, round(float(table[0, 0] - table[0, 1]))  # 20 dB apart, as written
+    ((1, 2), 20)
+    """
+    import pyloudnorm
+
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise SpkSepError(f"{csv_path}: cannot read CSV ({err})") from None
+    meter, table = pyloudnorm.Meter(int(sample_rate)), []
+    for row in rows:
+        levels = [integrated_loudness(meter, read_wav(row[f"s{k + 1}_wav"], sample_rate).numpy()
+                                      .astype(np.float64)) for k in range(num_spks)]
+        if all(np.isfinite(levels)):
+            table.append(levels)
+    if not table:
+        raise SpkSepError(f"{csv_path}: dm_loudness=train_split needs a mixture whose sources are not silent")
+    return np.array(table)
+
+
 class _Mixer:
     """Draws and builds mixture ``index`` of the current epoch (see the module docstring).
 
@@ -257,14 +304,15 @@ class _Mixer:
     """
 
     def __init__(self, utterances, sample_rate, num_spks, segment, seed, rank,
-                 loudness_range=LOUDNESS_RANGE, max_amp=MAX_AMP):
+                 loudness=LOUDNESS_RANGE, max_amp=MAX_AMP):
         self.sample_rate = int(sample_rate)
         self.num_spks = int(num_spks)
         self.segment = segment  # samples, or None for whole (shortest) utterances
         self.seed = int(seed)
         self.rank = int(rank)
         self.epoch = 0
-        self.loudness_range = (float(loudness_range[0]), float(loudness_range[1]))
+        # (low, high): LibriMix's uniform draw; or a [mixtures, num_spks] table of levels.
+        self.loudness = np.asarray(loudness, dtype=np.float64)
         self.max_amp = float(max_amp)
         by_speaker = {}
         for utt in utterances:
@@ -292,7 +340,10 @@ class _Mixer:
         shortest = min(u.num_samples for u in utterances)
         length = shortest if self.segment is None else min(self.segment, shortest)
         starts = [int(rng.integers(0, u.num_samples - length + 1)) for u in utterances]
-        targets = [float(t) for t in rng.uniform(*self.loudness_range, size=self.num_spks)]
+        if self.loudness.ndim == 1:
+            targets = [float(t) for t in rng.uniform(*self.loudness, size=self.num_spks)]
+        else:  # the levels of one mixture of the training split, drawn together
+            targets = [float(t) for t in self.loudness[rng.integers(len(self.loudness))]]
         return utterances, starts, length, targets
 
     def __call__(self, index):
@@ -340,6 +391,10 @@ class DynamicMixingDataset(DynamicItemDataset):
     short_policy : "pad" | "skip"
         Segments shorter than ``segment_seconds`` are zero-padded, or such utterances are
         never drawn.
+    loudness : (low, high) or array ``[mixtures, num_spks]``
+        Each source's loudness target (LUFS): drawn uniformly in ``[low, high]``
+        (LibriMix's [-33, -25], the default), or a random row of this table
+        (``split_loudness``).
     seed : int
     rank : int or None
         The DDP process; None reads ``RANK`` from the environment (0 without DDP).
@@ -368,7 +423,8 @@ class DynamicMixingDataset(DynamicItemDataset):
     """
 
     def __init__(self, utterances, sample_rate, num_spks, epoch_mixtures, segment_seconds=3.0,
-                 short_policy="pad", seed=0, rank=None, where="dynamic mixing"):
+                 short_policy="pad", seed=0, rank=None, where="dynamic mixing",
+                 loudness=LOUDNESS_RANGE):
         if short_policy not in ("pad", "skip"):
             raise SpkSepError(f"short_policy: must be 'pad' or 'skip', got {short_policy!r}")
         if segment_seconds is not None and not segment_seconds > 0:
@@ -389,7 +445,11 @@ class DynamicMixingDataset(DynamicItemDataset):
             )
         if rank is None:
             rank = int(os.environ.get("RANK", 0))
-        self.mixer = _Mixer(utterances, sample_rate, num_spks, segment, seed, rank)
+        loudness = np.asarray(loudness, dtype=np.float64)
+        if loudness.shape != (2,) and (loudness.ndim != 2 or loudness.shape[1] != num_spks or not len(loudness)):
+            raise SpkSepError(f"{where}: loudness must be (low, high) or a [mixtures, {num_spks}] "
+                              f"table, got shape {loudness.shape}")
+        self.mixer = _Mixer(utterances, sample_rate, num_spks, segment, seed, rank, loudness)
         # One row per item: its index is all a mixture is drawn from (with seed, epoch, rank).
         super().__init__({f"dm{i}": {"index": i} for i in range(epoch_mixtures)})
         self.add_dynamic_item(self.mixer, takes="index", provides="mixture")
@@ -415,7 +475,8 @@ def dynamic_mixing_set(train_csv, hparams):
 
     Keys read: ``sample_rate, num_spks, segment_seconds, short_policy, seed, dm_folder``
     (null: the training split's own sources), ``dm_epoch_mixtures`` (null: as many as the
-    static training set), and ``fixed_crops``, ``basic_cache_mb`` and
+    static training set), ``dm_loudness`` (``librimix``, the default, or ``train_split``),
+    and ``fixed_crops``, ``basic_cache_mb`` and
     ``train_loader_opts: {persistent_workers}``, which must be off.
 
     Example
@@ -452,11 +513,15 @@ def dynamic_mixing_set(train_csv, hparams):
     else:
         utterances = folder_utterances(folder, sample_rate)
     where = train_csv if folder is None else folder
+    rule = hparams.get("dm_loudness") or "librimix"
+    if rule not in ("librimix", "train_split"):
+        raise SpkSepError(f"dm_loudness: must be 'librimix' or 'train_split', got {rule!r}")
+    loudness = LOUDNESS_RANGE if rule == "librimix" else split_loudness(train_csv, num_spks, sample_rate)
     dataset = DynamicMixingDataset(
         utterances, sample_rate, num_spks, epoch_mixtures, segment_seconds=segment_seconds,
-        short_policy=short_policy, seed=hparams["seed"], where=where,
+        short_policy=short_policy, seed=hparams["seed"], where=where, loudness=loudness,
     )
-    logger.info("Dynamic mixing: %d mixtures per epoch from %d utterances of %d speakers (%s)",
-                len(dataset), sum(len(u) for u in dataset.mixer.by_speaker),
-                len(dataset.mixer.speakers), where)
+    logger.info("Dynamic mixing: %d mixtures per epoch from %d utterances of %d speakers (%s), "
+                "loudness as %s", len(dataset), sum(len(u) for u in dataset.mixer.by_speaker),
+                len(dataset.mixer.speakers), where, rule)
     return dataset

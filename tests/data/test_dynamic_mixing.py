@@ -27,6 +27,7 @@ from spksep_modules.data.dynamic_mixing import (
     dynamic_mixing_set,
     folder_utterances,
     integrated_loudness,
+    split_loudness,
     split_utterances,
 )
 from spksep_modules.data.librimix import prepare_librimix
@@ -179,9 +180,31 @@ def test_sources_get_the_loudness_drawn_for_them(utterances):
             assert measured == pytest.approx(target + 20 * np.log10(mixture.peak_scale), abs=0.05)
 
 
+def test_train_split_loudness_gives_each_new_mixture_the_levels_of_a_training_mixture(demo, utterances):
+    meter = pyloudnorm.Meter(SR)
+    table = split_loudness(demo[1]["train"], 2, SR)
+    assert table.shape == (NUM_TRAIN, 2)
+    with open(demo[1]["train"], newline="") as f:  # row 0 is the first mixture's sources
+        first = next(csv.DictReader(f))
+    for k in range(2):
+        signal, _ = sf.read(first[f"s{k + 1}_wav"])
+        assert table[0, k] == pytest.approx(meter.integrated_loudness(signal), abs=1e-6)
+    data = dataset(utterances, epoch_mixtures=8, loudness=table)
+    rows = {tuple(row) for row in table}
+    for i in range(len(data)):
+        mixture = data.mixture(i)
+        assert tuple(mixture.target_lufs) in rows  # the levels of one training mixture, together
+        for k, target in enumerate(mixture.target_lufs):
+            measured = meter.integrated_loudness(mixture.sources[:, k].double().numpy())
+            assert measured == pytest.approx(target + 20 * np.log10(mixture.peak_scale), abs=0.05)
+    # LibriMix's rule would have drawn other levels for the same mixture
+    assert data.mixture(0).target_lufs != dataset(utterances).mixture(0).target_lufs
+    expect_error("loudness must be", "dynamic mixing", dataset, utterances, loudness=table[:, :1])
+
+
 def test_loud_mixtures_are_scaled_down_to_the_librimix_peak(utterances):
     data = dataset(utterances)
-    data.mixer.loudness_range = (-8.0, -8.0)  # far louder than LibriMix: the sum would clip
+    data.mixer.loudness = np.array([-8.0, -8.0])  # far louder than LibriMix: the sum would clip
     for i in range(4):
         mixture = data.mixture(i)
         assert mixture.peak_scale < 1
@@ -265,6 +288,10 @@ def test_recipe_keys_epoch_length_and_refusals(demo):
         expect_error("must be", key, dynamic_mixing_set, train_csv, {**hparams, key: value})
     expect_error("positive integer", "dm_epoch_mixtures", dynamic_mixing_set, train_csv,
                  {**hparams, "dm_epoch_mixtures": 0})
+    expect_error("'librimix' or 'train_split'", "dm_loudness", dynamic_mixing_set, train_csv,
+                 {**hparams, "dm_loudness": "lufs"})
+    split = dynamic_mixing_set(train_csv, {**hparams, "dm_loudness": "train_split"})
+    assert split.mixer.loudness.shape == (NUM_TRAIN, 2)
 
 
 # ---------------------------------------------------------------- train.py end to end
