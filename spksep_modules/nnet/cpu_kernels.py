@@ -45,7 +45,8 @@ def shifted(dst, src, off):
 
 
 class PReLUGLNFunction(torch.autograd.Function):
-    """``gLN(PReLU(x))`` for ``x: [batch, C, frames]``, storing only ``x`` for backward.
+    """``gLN(PReLU(x))`` for ``x: [batch, C, frames]`` and one PReLU slope ``alpha: [1]``,
+    storing only ``x`` for backward.
 
     Forward: ``y = PReLU(x)``, centred in place (two-pass variance: accurate even when
     the mean is large against the spread), then scaled and shifted in place.
@@ -101,13 +102,13 @@ class PReLUGLNFunction(torch.autograd.Function):
         k3 = (-rstd * mean_gg)[:, None, None]
         dy = yc.mul_(k2).add_(k3).addcmul_(grad, k1)  # reuses yc's memory
 
-        # PReLU backward: dx = dy where x > 0, alpha * dy elsewhere;
-        # d alpha = sum of dy * x over x <= 0.
+        # PReLU backward: d alpha = sum of dy * x over x <= 0; dx = dy where x > 0, alpha * dy
+        # elsewhere, which is leaky ReLU's backward at slope alpha: one pass, where the
+        # slope spelled as tensor ops (sign, clamp, scale, shift, multiply) took four.
         neg = torch.clamp_max(x, 0, out=scratch)
         grad_alpha = torch.dot(dy.view(-1), neg.view(-1)).view(1)
-        slope = torch.sign(x, out=scratch).clamp_min_(0)  # 1 where x > 0, else 0
-        slope.mul_(1 - alpha).add_(alpha)
-        return dy.mul_(slope), grad_alpha, grad_gamma, grad_beta, None
+        dx = torch.ops.aten.leaky_relu_backward.grad_input(dy, x, float(alpha), False, grad_input=scratch)
+        return dx, grad_alpha, grad_gamma, grad_beta, None
 
 
 class DepthwiseConvFunction(torch.autograd.Function):
