@@ -30,9 +30,11 @@ Variants (``--variants``), each changing one thing in one before it:
   each budget (a warmup-stable-decay schedule without the warm-up): the run keeps the
   constant rate, and at 85% of each budget a copy of it takes the decay and is scored; the
   copy's compute is charged to that budget alone, as it would be in a run of that length.
+- ``ours+lr2x+cooldown``: the same cool-down from twice the constant rate.
 - ``ours+dm-const``: ``ours`` (constant rate) on dynamic mixing, LibriMix's loudness rule.
 - ``ours+dm-split``: the same, each new mixture taking the loudness of the sources of a
-  random training mixture (``dm_loudness: train_split``) instead of LibriMix's rule.
+  random training mixture (``dm_loudness: train_split``) instead of LibriMix's rule;
+  ``ours+dm-split+cooldown`` and ``ours+dm-split+lr2x+cooldown`` add the cool-downs.
 
 The clock (``--clock``) is the training process's CPU time by default (all its threads;
 data loading runs in the process, so it is charged too), which a busy machine does not
@@ -83,6 +85,10 @@ VARIANTS = {
     "ours+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False, cooldown=0.15),
     "ours+dm-split+cooldown": dict(model="ours", schedule=False, dynamic_mixing=True,
                                    loudness="train_split", cooldown=0.15),
+    "ours+lr2x+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False, lr_x=2.0,
+                               cooldown=0.15),
+    "ours+dm-split+lr2x+cooldown": dict(model="ours", schedule=False, dynamic_mixing=True,
+                                        loudness="train_split", lr_x=2.0, cooldown=0.15),
     # ``ours``, evaluated with an exponential moving average of its weights (this decay).
     "ours+ema": dict(model="ours", schedule=False, dynamic_mixing=False, ema=0.99),
 }

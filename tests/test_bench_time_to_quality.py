@@ -26,7 +26,8 @@ def test_learning_rate_variants(ttq):
     assert args.variants == ttq.DEFAULT_VARIANTS
     rates = {name: ttq.peak_lr(config, args) for name, config in ttq.VARIANTS.items()}
     assert rates["ours"] == rates["speechbrain"] == rates["ours+decay"] == 0.001
-    assert rates["ours+lr2x"] == rates["ours+decay2x"] == 0.002
+    assert rates["ours+lr2x"] == rates["ours+decay2x"] == rates["ours+lr2x+cooldown"] == 0.002
+    assert rates["ours+cooldown"] == rates["ours+dm-split"] == 0.001
     assert rates["ours+schedule"] == rates["ours+dm"] == 0.003
     # the schedule ends at zero, whatever its peak
     assert ttq.budget_lr(1.0, rates["ours+decay2x"]) == 0.0
