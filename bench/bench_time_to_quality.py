@@ -31,6 +31,9 @@ Variants (``--variants``), each changing one thing in one before it:
   constant rate, and at 85% of each budget a copy of it takes the decay and is scored; the
   copy's compute is charged to that budget alone, as it would be in a run of that length.
 - ``ours+lr2x+cooldown``: the same cool-down from twice the constant rate.
+- ``ours+bf16``: ``ours`` with mixed precision where it pays on CPU: the TCN's 1x1
+  convolutions multiply in bf16 in training steps (``ConvTasNet(bf16_products=True)``);
+  ``ours+bf16+cooldown`` adds the cool-down.
 - ``ours+dm-const``: ``ours`` (constant rate) on dynamic mixing, LibriMix's loudness rule.
 - ``ours+dm-split``: the same, each new mixture taking the loudness of the sources of a
   random training mixture (``dm_loudness: train_split``) instead of LibriMix's rule;
@@ -85,6 +88,10 @@ VARIANTS = {
     "ours+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False, cooldown=0.15),
     "ours+dm-split+cooldown": dict(model="ours", schedule=False, dynamic_mixing=True,
                                    loudness="train_split", cooldown=0.15),
+    # bf16_products: the TCN's 1x1 convs multiply in bf16 in training steps (AMX).
+    "ours+bf16": dict(model="ours", schedule=False, dynamic_mixing=False, bf16_products=True),
+    "ours+bf16+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False,
+                               bf16_products=True, cooldown=0.15),
     "ours+lr2x+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False, lr_x=2.0,
                                cooldown=0.15),
     "ours+dm-split+lr2x+cooldown": dict(model="ours", schedule=False, dynamic_mixing=True,
@@ -159,14 +166,14 @@ def peak_lr(config, args):
     return args.peak_lr if config["schedule"] else args.lr
 
 
-def build_model(kind):
+def build_model(kind, bf16_products=False):
     if kind == "speechbrain":
         from bench_convtasnet import SpeechBrainConvTasNet
 
         return SpeechBrainConvTasNet(num_spks=2, **SIZES)
     from spksep_modules.models import ConvTasNet
 
-    return ConvTasNet(num_spks=2, **SIZES)
+    return ConvTasNet(num_spks=2, bf16_products=bf16_products, **SIZES)
 
 
 def build_loss(kind):
@@ -279,7 +286,7 @@ def train_variant(name, args):
 
     test_set = build_datasets({"test": csvs["test"]}, args.sample_rate, 2)["test"]
     dataset, loader = train_loader(csvs, config, args, args.seed)
-    model = build_model(config["model"]).train()
+    model = build_model(config["model"], config.get("bf16_products", False)).train()
     loss_fn = build_loss(config["model"])
     peak = peak_lr(config, args)
     optimiser = torch.optim.Adam(model.parameters(), lr=peak)

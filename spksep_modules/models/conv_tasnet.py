@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from spksep_modules import SpkSepError
 from spksep_modules.models.base import Separator, SeparatorOutput, as_batch
-from spksep_modules.nnet.cpu_kernels import use_cpu_kernels
+from spksep_modules.nnet.cpu_kernels import use_bf16_products, use_cpu_kernels
 from spksep_modules.nnet.filterbank import encode_padded, overlap_add_decode
 from spksep_modules.nnet.layers import (
     CausalDepthwiseConv1d,
@@ -176,6 +176,11 @@ class ConvTasNet(Separator):
         Causal TCN (per-frame layer norms, left-only padding): output sample t depends
         on input samples up to ``t + L - 1`` only, so ``streaming.StreamingSeparator``
         can run it chunk by chunk. Same state-dict keys as the non-causal model.
+    bf16_products : bool
+        Mixed precision for CPU training: the TCN's 1x1 convolutions compute their matrix
+        products in bf16 in training steps (``nnet.cpu_kernels.BF16PointwiseConv1d``;
+        everything else, evaluation and inference stay fp32). Pays on a CPU with AMX or
+        AVX512-BF16; off by default.
 
     Example
     -------
@@ -184,10 +189,11 @@ class ConvTasNet(Separator):
     torch.Size([2, 1001, 2])
     """
 
-    RUNTIME_ARGS = ("checkpoint", "cpu_kernels")
+    RUNTIME_ARGS = ("checkpoint", "cpu_kernels", "bf16_products")
 
     def __init__(self, N=512, L=16, B=128, H=512, P=3, X=8, R=3, num_spks=2, mask_act="relu",
-                 skip=True, bias=True, checkpoint=False, cpu_kernels=True, causal=False):
+                 skip=True, bias=True, checkpoint=False, cpu_kernels=True, causal=False,
+                 bf16_products=False):
         super().__init__()
         if L < 2:
             raise SpkSepError(f"L: filter length must be at least 2, got {L}")
@@ -198,6 +204,7 @@ class ConvTasNet(Separator):
                              self.causal)
         self.decoder = nn.ConvTranspose1d(N, 1, L, stride=self.stride, bias=False)
         use_cpu_kernels(self, cpu_kernels)
+        use_bf16_products(self.separator, bf16_products)
 
     def encode(self, mix):
         """``[batch, time] -> [batch, N, frames]`` (input right-padded with zeros so the

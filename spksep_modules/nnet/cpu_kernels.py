@@ -175,6 +175,104 @@ class DepthwiseConvFunction(torch.autograd.Function):
         return dx, grad_w[:, None, :], grad_bias, None
 
 
+class PointwiseConvBF16Function(torch.autograd.Function):
+    """A 1x1 conv ``y = W x + b`` (``x: [batch, C_in, frames]``, ``W: [C_out, C_in, 1]``)
+    whose three matrix products (forward, input and weight gradients) run in bf16.
+
+    Mixed precision for the one place it pays on CPU: on a CPU with AMX or AVX512-BF16 a
+    bf16 product runs ~3x faster than fp32's, while element-wise work gains nothing (it is
+    bound by memory traffic, and casting it costs more). Inputs, outputs, weights, their
+    gradients and the bias stay fp32; only the products' operands and results are rounded
+    to bf16 (accumulation is fp32), a relative error of ~3e-3 on each.
+
+    Example
+    -------
+    >>> x, weight, bias = torch.randn(2, 8, 50), torch.randn(16, 8, 1), torch.randn(16)
+    >>> y = PointwiseConvBF16Function.apply(x, weight, bias)
+    >>> y.dtype, ((y - F.conv1d(x, weight, bias)).norm() / y.norm()).item() < 1e-2
+    (torch.float32, True)
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        x16 = x.to(torch.bfloat16)
+        w16 = weight[:, :, 0].to(torch.bfloat16)
+        y = torch.matmul(w16, x16).float()  # one product per example, [batch, C_out, frames]
+        if bias is not None:
+            y.add_(bias[:, None])
+        ctx.save_for_backward(x16, w16)  # half the memory of the fp32 input
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x16, w16 = ctx.saved_tensors
+        g16 = grad.to(torch.bfloat16)
+        grad_x = torch.matmul(w16.t(), g16).float()
+        grad_w = torch.bmm(g16, x16.transpose(1, 2)).float().sum(0)[:, :, None]
+        grad_bias = grad.sum((0, 2)) if ctx.has_bias else None
+        return grad_x, grad_w, grad_bias
+
+
+def bf16_products_apply(x) -> bool:
+    """Whether :class:`BF16PointwiseConv1d` computes in bf16: an fp32 CPU tensor, while
+    autograd records (training steps; evaluation and inference stay fp32), outside autocast.
+
+    Example
+    -------
+    >>> x = torch.zeros(2, 8, 50)
+    >>> bf16_products_apply(x)
+    True
+    >>> with torch.no_grad():
+    ...     bf16_products_apply(x)
+    False
+    """
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu"))
+
+
+class BF16PointwiseConv1d(torch.nn.Conv1d):
+    """A 1x1 ``nn.Conv1d`` through :class:`PointwiseConvBF16Function` in training steps on
+    CPU (``bf16_products_apply``); the plain conv anywhere else.
+
+    Example
+    -------
+    >>> conv = torch.nn.Conv1d(8, 16, 1)
+    >>> plain = conv(x := torch.randn(2, 8, 50))
+    >>> conv.__class__ = BF16PointwiseConv1d
+    >>> ((conv(x) - plain).norm() / plain.norm()).item() < 1e-2
+    True
+    >>> with torch.no_grad():
+    ...     torch.equal(conv(x), plain)  # evaluation: fp32, the plain conv
+    True
+    """
+
+    def forward(self, x):
+        if not bf16_products_apply(x):
+            return super().forward(x)
+        return PointwiseConvBF16Function.apply(x, self.weight, self.bias)
+
+
+def use_bf16_products(model: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
+    """Switch every 1x1 ``nn.Conv1d`` of ``model`` (stride 1, no padding, no groups) to
+    (or, ``enabled=False``, back from) :class:`BF16PointwiseConv1d`; in place, state-dict
+    keys unchanged. Returns ``model``.
+
+    Example
+    -------
+    >>> net = torch.nn.Sequential(torch.nn.Conv1d(8, 16, 1), torch.nn.Conv1d(16, 8, 3))
+    >>> [type(m).__name__ for m in use_bf16_products(net)]
+    ['BF16PointwiseConv1d', 'Conv1d']
+    """
+    for module in model.modules():
+        if enabled and type(module) is torch.nn.Conv1d and module.kernel_size == (1,) and (
+                module.stride == (1,) and module.groups == 1 and module.padding == (0,)):
+            module.__class__ = BF16PointwiseConv1d
+        elif not enabled and type(module) is BF16PointwiseConv1d:
+            module.__class__ = torch.nn.Conv1d
+    return model
+
+
 def kernels_apply(x) -> bool:
     """Whether the hand-written kernels serve ``x``: a CPU tensor outside autocast.
 

@@ -184,3 +184,34 @@ def test_cpu_kernels_and_plain_ops_give_the_same_model(skip):
     out_plain.square().sum().backward()
     for (name, p), q in zip(fast.named_parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_bf16_products_train_like_fp32_and_evaluate_as_fp32():
+    """``bf16_products``: the 1x1 convs multiply in bf16 in training steps only. A few
+    Adam steps from the same weights and batches stay within bf16's rounding of fp32's
+    losses (the bound of tests/test_precision.py: 2% of the loss plus 0.05 dB), and the
+    trained models, evaluated, are fp32 models: same output for the same weights."""
+    from spksep_modules.losses import SeparationLoss
+
+    torch.manual_seed(0)
+    fp32 = tiny(X=3, R=2)
+    mixed = tiny(X=3, R=2, bf16_products=True)
+    mixed.load_state_dict(fp32.state_dict())
+    loss_fn = SeparationLoss()
+    mixes, sources = torch.randn(4, 2, 1200), torch.randn(4, 2, 1200, 2)
+    losses = {}
+    for name, model in (("fp32", fp32), ("mixed", mixed)):
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+        losses[name] = []
+        for mix, src in zip(mixes, sources):
+            loss = loss_fn(model(mix), src)["loss"]
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses[name].append(float(loss))
+    assert losses["fp32"] != losses["mixed"]  # it did compute in bf16
+    for want, got in zip(losses["fp32"], losses["mixed"]):
+        assert abs(got - want) <= 0.02 * abs(want) + 0.05, (losses["fp32"], losses["mixed"])
+    fp32.load_state_dict(mixed.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(mixed(mixes[0]), fp32(mixes[0]), rtol=0, atol=0)

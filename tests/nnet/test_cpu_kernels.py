@@ -6,9 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from spksep_modules.nnet.cpu_kernels import (
+    BF16PointwiseConv1d,
     DepthwiseConvFunction,
     FastPReLUGLN,
+    PointwiseConvBF16Function,
     PReLUGLNFunction,
+    use_bf16_products,
     use_cpu_kernels,
 )
 from spksep_modules.nnet.filterbank import overlap_add_decode
@@ -84,3 +87,49 @@ def test_use_cpu_kernels_switches_classes_both_ways_and_keeps_the_state():
     assert list(model.state_dict()) == keys
     use_cpu_kernels(model, enabled=False)
     assert [type(m) for m in model] == [DepthwiseConv1d, PReLUGLN]
+
+
+def relative_error(got, want):
+    return float((got - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_bf16_pointwise_conv_is_the_fp32_conv_to_bf16_rounding(bias):
+    torch.manual_seed(0)
+    x = torch.randn(3, 24, 70, requires_grad=True)
+    weight = (0.2 * torch.randn(40, 24, 1)).requires_grad_()
+    b = torch.randn(40, requires_grad=True) if bias else None
+    grad = torch.randn(3, 40, 70)
+    inputs = (x, weight) + ((b,) if bias else ())
+    want_y = F.conv1d(x, weight, b)
+    want = torch.autograd.grad(want_y, inputs, grad)
+    got_y = PointwiseConvBF16Function.apply(x, weight, b)
+    got = torch.autograd.grad(got_y, inputs, grad)
+    assert got_y.dtype == torch.float32 and all(g.dtype == torch.float32 for g in got)
+    # bf16 keeps 8 significant bits: ~3e-3 relative, far from fp32's 1e-7 and from garbage
+    assert 1e-5 < relative_error(got_y, want_y) < 1e-2
+    for g, w in zip(got, want):
+        assert relative_error(g, w) < 1e-2
+    if bias:  # the bias gradient is a plain fp32 sum
+        torch.testing.assert_close(got[2], want[2])
+
+
+def test_bf16_products_only_in_training_steps_and_switch_both_ways():
+    model = torch.nn.Sequential(torch.nn.Conv1d(6, 8, 1), torch.nn.Conv1d(8, 8, 3, padding=1),
+                                torch.nn.Conv1d(8, 4, 1, stride=2))
+    keys = list(model.state_dict())
+    x = torch.randn(2, 6, 30)
+    with torch.no_grad():
+        plain = model(x)
+    use_bf16_products(model)
+    # only the 1x1, stride-1 conv: the others have no single matrix product per example
+    assert [type(m) for m in model] == [BF16PointwiseConv1d, torch.nn.Conv1d, torch.nn.Conv1d]
+    assert list(model.state_dict()) == keys
+    with torch.no_grad():  # evaluation and inference: the fp32 conv, bit for bit
+        assert torch.equal(model(x), plain)
+    trained = model(x)
+    assert not torch.equal(trained, plain) and relative_error(trained.detach(), plain) < 1e-2
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast decides for itself
+        assert model(x).dtype == torch.bfloat16
+    use_bf16_products(model, enabled=False)
+    assert [type(m) for m in model] == [torch.nn.Conv1d] * 3
