@@ -100,7 +100,7 @@ VARIANTS = {
     "ours+ema": dict(model="ours", schedule=False, dynamic_mixing=False, ema=0.99),
 }
 # What `make bench` runs; the learning-rate ablations (NOTES.md) are there for --variants.
-DEFAULT_VARIANTS = ["speechbrain", "ours", "ours+schedule", "ours+dm"]
+DEFAULT_VARIANTS = ["speechbrain", "ours", "ours+bf16", "ours+bf16+cooldown"]
 SIZES = dict(N=128, L=16, B=64, H=128, P=3, X=6, R=2)
 # The demo's data (spksep_modules/demo.py): enough speakers for a small model to
 # generalise to the unseen test speakers.

@@ -9,6 +9,9 @@ the same mixtures:
 - ``bf16`` (and ``fp16`` on request): ``--precision=bf16`` (``fp16``): the forward pass
   under autocast, as SpeechBrain's Brain runs it; the CPU kernels stand aside under
   autocast, the loss runs in fp32;
+- ``bf16-products``: fp32 with the CPU kernels, but the TCN's 1x1 convolutions multiply
+  in bf16 (``ConvTasNet(bf16_products=True)``, ``nnet.cpu_kernels.BF16PointwiseConv1d``):
+  mixed precision only where it pays on a CPU with AMX;
 - ``compiled``: the separator wrapped in ``torch.compile`` with its CPU kernels on, what
   ``compile: True`` trains (the kernels are autograd functions that Dynamo cannot trace:
   the graph breaks around each, and the pieces between them are compiled);
@@ -43,14 +46,15 @@ if REPO not in sys.path:
 from spksep_modules.inference import native_bf16_cpu  # noqa: E402
 from spksep_modules.losses import SeparationLoss  # noqa: E402
 from spksep_modules.models.conv_tasnet import ConvTasNet  # noqa: E402
-from spksep_modules.nnet.cpu_kernels import use_cpu_kernels  # noqa: E402
+from spksep_modules.nnet.cpu_kernels import use_bf16_products, use_cpu_kernels  # noqa: E402
 
-VARIANTS = ("fp32", "fp32-plain", "bf16", "fp16", "compiled", "compiled-plain")
-DEFAULT_VARIANTS = ("fp32", "fp32-plain", "bf16", "compiled", "compiled-plain")
+VARIANTS = ("fp32", "fp32-plain", "bf16", "bf16-products", "fp16", "compiled", "compiled-plain")
+DEFAULT_VARIANTS = ("fp32", "fp32-plain", "bf16", "bf16-products", "compiled", "compiled-plain")
 LABELS = {
     "fp32": "fp32, eager, CPU kernels (default)",
     "fp32-plain": "fp32, eager, plain layers",
     "bf16": "bf16 autocast, eager (kernels stand aside)",
+    "bf16-products": "fp32, CPU kernels, 1x1 convs' products in bf16 (bf16_products: True)",
     "fp16": "fp16 autocast + GradScaler, eager",
     "compiled": "fp32, torch.compile, CPU kernels on (compile: True)",
     "compiled-plain": "fp32, torch.compile, plain layers",
@@ -69,7 +73,8 @@ def make_step(variant, model, mix, sources, max_grad_norm=5.0):
     True
     """
     model = copy.deepcopy(model).train()
-    use_cpu_kernels(model, variant in ("fp32", "compiled"))
+    use_cpu_kernels(model, variant in ("fp32", "bf16-products", "compiled"))
+    use_bf16_products(model, variant == "bf16-products")
     forward = torch.compile(model) if variant.startswith("compiled") else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = SeparationLoss()
