@@ -319,9 +319,10 @@ def train_variant(name, args):
                 clock.pause()
                 scored, total_steps, last_loss = averaged.module if averaged is not None else model, steps, loss
                 if cooldown:  # the branch's compute is charged to this budget only
-                    scored, extra, last_loss = cool_down(model, optimiser, loss_fn, branch_loader,
-                                                         budgets[0] - spent(), args.clock)
+                    scored, extra, branch_loss = cool_down(model, optimiser, loss_fn, branch_loader,
+                                                           budgets[0] - spent(), args.clock)
                     total_steps += extra
+                    last_loss = loss if branch_loss is None else branch_loss  # None: no room left
                 scores = evaluate(scored, test_set, args.sample_rate)
                 results.append(dict(budget_min=budgets.pop(0) / scale, steps=total_steps,
                                     epochs=epoch, cpu_seconds=clock.seconds(),

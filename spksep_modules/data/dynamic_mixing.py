@@ -252,12 +252,14 @@ def integrated_loudness(meter, signal):
         return float(-0.691 + 10.0 * np.log10(z[gated].mean()))
 
 
-def split_loudness(csv_path, num_spks, sample_rate):
-    """The BS.1770 loudness (LUFS) of every source of a ``prepare_librimix`` CSV, by mixture.
+def split_loudness(csv_path, num_spks, sample_rate, max_mixtures=2000):
+    """The BS.1770 loudness (LUFS) of the sources of a ``prepare_librimix`` CSV, by mixture.
 
     What ``loudness="train_split"`` draws targets from: one row per mixture, so the levels
     of a mixture's sources, and their differences, are drawn together. Mixtures with a
-    silent source (no finite loudness) are left out.
+    silent source (no finite loudness) are left out. At most ``max_mixtures`` mixtures,
+    evenly spaced in the CSV, are measured: enough to describe a distribution of levels, and
+    a start-up of seconds rather than of reading all of train-360.
 
     Returns
     -------
@@ -278,13 +280,20 @@ def split_loudness(csv_path, num_spks, sample_rate):
     >>> table.shape, round(float(table[0, 0] - table[0, 1]))  # 20 dB apart, as written
     ((1, 2), 20)
     """
-    import pyloudnorm
-
+    try:
+        import pyloudnorm
+    except ImportError:
+        raise SpkSepError("dm_loudness=train_split: needs pyloudnorm (pip install pyloudnorm)") from None
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise SpkSepError(f"{csv_path}: cannot read CSV ({err})") from None
+    columns = [f"s{k + 1}_wav" for k in range(num_spks)]
+    if rows and any(c not in rows[0] for c in columns):
+        raise SpkSepError(f"{csv_path}: needs the columns {', '.join(columns)} of num_spks={num_spks} sources")
+    if len(rows) > max_mixtures:
+        rows = [rows[i] for i in np.unique(np.linspace(0, len(rows) - 1, max_mixtures).round().astype(int))]
     meter, table = pyloudnorm.Meter(int(sample_rate)), []
     for row in rows:
         levels = [integrated_loudness(meter, read_wav(row[f"s{k + 1}_wav"], sample_rate).numpy()

@@ -200,6 +200,9 @@ def test_train_split_loudness_gives_each_new_mixture_the_levels_of_a_training_mi
     # LibriMix's rule would have drawn other levels for the same mixture
     assert data.mixture(0).target_lufs != dataset(utterances).mixture(0).target_lufs
     expect_error("loudness must be", "dynamic mixing", dataset, utterances, loudness=table[:, :1])
+    # a sample of the mixtures, evenly spaced: 3 of the 6 are rows 0, 2 (2.5 rounded) and 5
+    assert np.array_equal(split_loudness(demo[1]["train"], 2, SR, max_mixtures=3), table[[0, 2, 5]])
+    expect_error("s3_wav", demo[1]["train"], split_loudness, demo[1]["train"], 3, SR)
 
 
 def test_loud_mixtures_are_scaled_down_to_the_librimix_peak(utterances):
