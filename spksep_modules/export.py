@@ -67,10 +67,11 @@ def exportable(separator: nn.Module) -> nn.Module:
     >>> type(exportable(model).separator.separator.blocks[0].dconv).__name__
     'DepthwiseConv1d'
     """
-    from spksep_modules.nnet.cpu_kernels import use_cpu_kernels
+    from spksep_modules.nnet.cpu_kernels import use_bf16_products, use_cpu_kernels
     from spksep_modules.nnet.exportable import make_exportable
 
-    model = use_cpu_kernels(copy.deepcopy(separator).cpu(), False)
+    # The plain fp32 layers: exporters trace tensor ops, not autograd functions.
+    model = use_bf16_products(use_cpu_kernels(copy.deepcopy(separator).cpu(), False), False)
     model = make_exportable(model).eval()  # after the swap: the variants' own train()
     for module in model.modules():  # the exporters want tensors only in the state dict
         cls = type(module)

@@ -198,3 +198,21 @@ def test_export_of_a_run_folder_and_bad_format(tmp_path):
     assert torch.jit.load(path)(torch.randn(1, 1000)).shape == (1, 1000, 2)
     with pytest.raises(SpkSepError, match="format: expected one of onnx, torchscript"):
         export_run(run, "tflite", tmp_path / "m.tflite")
+
+
+def test_a_model_trained_with_bf16_products_exports_its_plain_fp32_layers(tmp_path):
+    from spksep_modules.export import exportable
+    from spksep_modules.models import ConvTasNet
+
+    torch.manual_seed(0)
+    model = ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1, bf16_products=True)
+    copy = exportable(model)
+    kinds = {type(m).__name__ for m in copy.modules()}
+    assert "BF16PointwiseConv1d" not in kinds and "Conv1d" in kinds
+    assert any(type(m).__name__ == "BF16PointwiseConv1d" for m in model.modules())  # untouched
+    path = export_separator(model, "torchscript", str(tmp_path / "model.pt"), 8000)
+    mix = torch.randn(1, 1200)
+    with torch.no_grad():
+        want = model(mix).as_subclass(torch.Tensor)
+    got = torch.jit.load(path)(mix)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
