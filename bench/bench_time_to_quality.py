@@ -56,6 +56,7 @@ Results (one JSON per variant) go to ``--out``; the table is printed at the end.
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -200,18 +201,26 @@ def prepare_data(args):
     return prepare_librimix(data, os.path.join(args.out, "csv"), args.sample_rate)
 
 
+@functools.lru_cache(maxsize=None)
+def training_split_loudness(train_csv, sample_rate):
+    """``split_loudness`` once per process: the run and its cool-down branches share it."""
+    from spksep_modules.data.dynamic_mixing import split_loudness
+
+    return split_loudness(train_csv, 2, sample_rate)
+
+
 def train_loader(csvs, config, args, seed):
     from speechbrain.dataio.batch import PaddedBatch
 
     if config["dynamic_mixing"]:
         from spksep_modules.data.dynamic_mixing import (LOUDNESS_RANGE, DynamicMixingDataset,
-                                                        split_loudness, split_utterances)
+                                                        split_utterances)
 
         with open(csvs["train"]) as f:
             epoch_mixtures = sum(1 for _ in f) - 1
         loudness = LOUDNESS_RANGE
         if config.get("loudness") == "train_split":
-            loudness = split_loudness(csvs["train"], 2, args.sample_rate)
+            loudness = training_split_loudness(csvs["train"], args.sample_rate)
         dataset = DynamicMixingDataset(
             split_utterances(csvs["train"], 2, args.sample_rate), args.sample_rate, 2,
             epoch_mixtures=epoch_mixtures, segment_seconds=args.segment, seed=seed, rank=0,

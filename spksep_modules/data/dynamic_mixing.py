@@ -99,6 +99,24 @@ class Mixture:
     peak_scale: float
 
 
+def _csv_rows(csv_path):
+    """The rows of a CSV as dicts; an unreadable file is a one-line error naming it."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise SpkSepError(f"{csv_path}: cannot read CSV ({err})") from None
+
+
+def loudness_meter(sample_rate):
+    """pyloudnorm's BS.1770 meter at ``sample_rate``; without pyloudnorm, a one-line error."""
+    try:
+        import pyloudnorm
+    except ImportError:
+        raise SpkSepError("dynamic_mixing: needs pyloudnorm (pip install pyloudnorm)") from None
+    return pyloudnorm.Meter(int(sample_rate))
+
+
 def split_utterances(csv_path, num_spks, sample_rate):
     """The sources of a ``prepare_librimix`` CSV as utterances, one per utterance ID.
 
@@ -127,11 +145,7 @@ def split_utterances(csv_path, num_spks, sample_rate):
     [('19-198-0001', 'a.wav', '19', 4000), ('26-495-0002', 'b.wav', '26', 4000)]
     """
     by_id = {}
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise SpkSepError(f"{csv_path}: cannot read CSV ({err})") from None
+    rows = _csv_rows(csv_path)
     for row in rows:
         mixture_id = row.get("ID", "")
         speakers = speakers_from_mixture_id(mixture_id, num_spks, csv_path)
@@ -280,21 +294,13 @@ def split_loudness(csv_path, num_spks, sample_rate, max_mixtures=2000):
     >>> table.shape, round(float(table[0, 0] - table[0, 1]))  # 20 dB apart, as written
     ((1, 2), 20)
     """
-    try:
-        import pyloudnorm
-    except ImportError:
-        raise SpkSepError("dm_loudness=train_split: needs pyloudnorm (pip install pyloudnorm)") from None
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise SpkSepError(f"{csv_path}: cannot read CSV ({err})") from None
+    rows = _csv_rows(csv_path)
     columns = [f"s{k + 1}_wav" for k in range(num_spks)]
     if rows and any(c not in rows[0] for c in columns):
         raise SpkSepError(f"{csv_path}: needs the columns {', '.join(columns)} of num_spks={num_spks} sources")
     if len(rows) > max_mixtures:
         rows = [rows[i] for i in np.unique(np.linspace(0, len(rows) - 1, max_mixtures).round().astype(int))]
-    meter, table = pyloudnorm.Meter(int(sample_rate)), []
+    meter, table = loudness_meter(sample_rate), []
     for row in rows:
         levels = [integrated_loudness(meter, read_wav(row[f"s{k + 1}_wav"], sample_rate).numpy()
                                       .astype(np.float64)) for k in range(num_spks)]
@@ -334,11 +340,7 @@ class _Mixer:
 
     def meter(self):
         if self._meter is None:  # made on first use: cheap to pickle to workers
-            try:
-                import pyloudnorm
-            except ImportError:
-                raise SpkSepError("dynamic_mixing: needs pyloudnorm (pip install pyloudnorm)") from None
-            self._meter = pyloudnorm.Meter(self.sample_rate)
+            self._meter = loudness_meter(self.sample_rate)
         return self._meter
 
     def draw(self, index):

@@ -5,7 +5,7 @@ every new full-size activation ([batch, H, frames], 49 MB at batch 4 x 3 s) is f
 memory from the OS, and filling it with page faults costs ~5x the arithmetic of an
 element-wise op. PyTorch's generic backward of PReLU (per-element weight gradient then
 a reduction), of gLN spelled as tensor ops, and of the depthwise conv allocate several
-such tensors each. The two autograd functions below do the same maths with one or two
+such tensors each. The next two autograd functions do the same maths with one or two
 new tensors per call, update them in place, and store less for the backward pass:
 PReLU+gLN stores only its input and recomputes the PReLU (one cheap pass); the dilated
 depthwise conv is P shifted in-place multiply-adds (~4x faster on CPU than oneDNN's
@@ -16,6 +16,10 @@ a model into its kernel-backed subclass: same parameters and state-dict keys, sa
 function. The kernels serve CPU tensors outside autocast; anywhere else (CUDA, bf16
 autocast) the subclasses run the plain layers' PyTorch ops. The tests check that both
 agree, values and gradients.
+
+The one opt-in that changes numerics is separate: ``use_bf16_products(model)`` makes the
+1x1 convolutions multiply in bf16 in training steps (:class:`PointwiseConvBF16Function`,
+fp32 everywhere else), the part of a step that native bf16 (AMX) speeds up.
 """
 
 import torch
