@@ -99,7 +99,12 @@ VARIANTS = {
                                         loudness="train_split", lr_x=2.0, cooldown=0.15),
     # ``ours``, evaluated with an exponential moving average of its weights (this decay).
     "ours+ema": dict(model="ours", schedule=False, dynamic_mixing=False, ema=0.99),
+    # The user's path: recipes/LibriMix/separation/train.py, one run per budget.
+    "train.py": dict(model="ours", schedule=False, dynamic_mixing=False, recipe=True),
+    "train.py+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False, recipe=True,
+                              cooldown=0.15),
 }
+RECIPE = os.path.join(REPO, "recipes", "LibriMix", "separation")
 # What `make bench` runs; the learning-rate ablations (NOTES.md) are there for --variants.
 DEFAULT_VARIANTS = ["speechbrain", "ours", "ours+bf16", "ours+bf16+cooldown"]
 SIZES = dict(N=128, L=16, B=64, H=128, P=3, X=6, R=2)
@@ -189,16 +194,20 @@ def build_loss(kind):
     return lambda est, sources: loss(est, sources)["loss"]
 
 
+def data_folder(args):
+    """``--data``, or the demo set (written on first use)."""
+    if args.data is not None:
+        return args.data
+    from spksep_modules.data.demo import make_demo_data
+
+    return make_demo_data(os.path.join(args.out, "demo_data"), sample_rate=args.sample_rate,
+                          **DEMO_DATA)
+
+
 def prepare_data(args):
     from spksep_modules.data.librimix import prepare_librimix
 
-    data = args.data
-    if data is None:
-        from spksep_modules.data.demo import make_demo_data
-
-        data = make_demo_data(os.path.join(args.out, "demo_data"), sample_rate=args.sample_rate,
-                              **DEMO_DATA)
-    return prepare_librimix(data, os.path.join(args.out, "csv"), args.sample_rate)
+    return prepare_librimix(data_folder(args), os.path.join(args.out, "csv"), args.sample_rate)
 
 
 @functools.lru_cache(maxsize=None)
@@ -243,13 +252,75 @@ def evaluate(model, test_set, rate):
     from spksep_modules.metrics import evaluate_mixture
 
     model.eval()
-    rows = []
+    rows, ids = [], []
     for item in test_set:
         mix, sources = item["mix_sig"], item["sources"]
         est = model(mix[None]).as_subclass(torch.Tensor)[0]
         rows.append(evaluate_mixture(mix, est, sources, rate))
+        ids.append(item["id"])
     model.train()
-    return {key: sum(r[key] for r in rows) / len(rows) for key in ("si_snr_i", "stoi")}
+    return scores(ids, rows)
+
+
+def scores(ids, rows):
+    """Means of SI-SNRi and STOI, and the per-mixture values (for paired intervals)."""
+    keys = ("si_snr_i", "stoi")
+    means = {key: sum(float(r[key]) for r in rows) / len(rows) for key in keys}
+    return dict(means, per_mixture=dict(ids=list(ids), **{k: [float(r[k]) for r in rows] for k in keys}))
+
+
+def train_via_recipe(name, args):
+    """``train.py hparams/convtasnet.yaml`` at the bench's sizes, one run per budget (each
+    from scratch: its cool-down needs to know where it ends). The budget is charged from
+    the start of ``fit`` to its end, validation and checkpoints included
+    (``spksep_modules.budget``); the test is not. Data loading runs in the process
+    (``num_workers: 0``), as in the plain loop, so the CPU clock charges it."""
+    import csv
+
+    config = VARIANTS[name]
+    sizes = [f"--{key}={value}" for key, value in SIZES.items()]
+    results = []
+    for budget in sorted(args.budgets):
+        out = os.path.join(args.out, "recipe", f"{name}-seed{args.seed}-{budget:g}")
+        if args.clock == "steps":
+            limit = [f"--optimizer_step_limit={int(budget)}"]
+        else:
+            limit = [f"--budget_minutes={budget}", f"--budget_clock={args.clock}"]
+        command = [sys.executable, "train.py", "hparams/convtasnet.yaml",
+                   f"--data_folder={data_folder(args)}", f"--output_folder={out}",
+                   f"--sample_rate={args.sample_rate}", *sizes, f"--batch_size={args.batch}",
+                   f"--segment_seconds={args.segment}", f"--lr={args.lr * config.get('lr_x', 1.0)}",
+                   f"--seed={args.seed}", "--num_workers=0", "--device=cpu", "--noprogressbar",
+                   f"--valid_segment_seconds={args.valid_seconds}",
+                   f"--cooldown={config.get('cooldown', 0.0)}", *limit]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
+        proc = subprocess.run(command, cwd=RECIPE, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{name}: train.py failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        with open(os.path.join(out, "test_results.csv")) as f:
+            rows = list(csv.DictReader(f))
+        steps, minutes = recipe_progress(os.path.join(out, "train_log.txt"))
+        results.append(dict(budget_min=budget, steps=steps, train_minutes=minutes,
+                            **scores([r["mixture_ID"] for r in rows], rows)))
+        print(f"[{name}] {brief(results[-1])}", flush=True)
+        write_results(name, config, args, results)
+
+
+def brief(result):
+    return {key: value for key, value in result.items() if key != "per_mixture"}
+
+
+def recipe_progress(train_log):
+    """(optimiser steps, minutes charged) at the last validation of a budgeted run."""
+    import re
+
+    steps = minutes = None
+    with open(train_log) as f:
+        for line in f:
+            found = re.search(r"steps: (\d+), budget_spent: ([0-9.]+) min", line)
+            if found:
+                steps, minutes = int(found.group(1)), float(found.group(2))
+    return steps, minutes
 
 
 def train_step(model, optimiser, loss_fn, batch, lr=None):
@@ -287,9 +358,11 @@ def cool_down(model, optimiser, loss_fn, loader, length, kind):
 
 def train_variant(name, args):
     """Train ``name`` until the largest budget, evaluating at each; write its JSON."""
+    config = VARIANTS[name]
+    if config.get("recipe"):
+        return train_via_recipe(name, args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    config = VARIANTS[name]
     csvs = prepare_data(args)
     from spksep_modules.data.pipeline import build_datasets
 
@@ -336,7 +409,7 @@ def train_variant(name, args):
                 results.append(dict(budget_min=budgets.pop(0) / scale, steps=total_steps,
                                     epochs=epoch, cpu_seconds=clock.seconds(),
                                     train_loss=float(last_loss.detach()), **scores))
-                print(f"[{name}] {results[-1]}", flush=True)
+                print(f"[{name}] {brief(results[-1])}", flush=True)
                 write_results(name, config, args, results)  # kept if a later budget is cut off
                 clock.resume()
             if not budgets:
@@ -362,16 +435,34 @@ def table(args):
     unit = "steps" if args.clock == "steps" else "min"
     head = " | ".join(f"{b:g} {unit}: SI-SNRi (steps)" for b in budgets)
     lines = [f"{args.clock} clock, {args.threads} thread(s) per variant, {args.jobs} at once",
-             f"| variant | {head} | STOI at {budgets[-1]:g} {unit} | x SpeechBrain at {budgets[-1]:g} {unit} |",
-             "|---|" + "---|" * (len(budgets) + 2)]
+             f"| variant | {head} | STOI at {budgets[-1]:g} {unit} | x SpeechBrain at {budgets[-1]:g} {unit} "
+             f"| - SpeechBrain, dB [95% paired CI] |",
+             "|---|" + "---|" * (len(budgets) + 3)]
     for name, by_budget in rows.items():
         cells = [f"{by_budget[b]['si_snr_i']:.2f} ({by_budget[b]['steps']})" if b in by_budget
                  else "-" for b in budgets]
         last, base_last = by_budget.get(budgets[-1]), (base or {}).get(budgets[-1])
         stoi = f"{last['stoi']:.3f}" if last else "-"
         ratio = f"{last['si_snr_i'] / base_last['si_snr_i']:.2f}" if last and base_last else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {stoi} | {ratio} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {stoi} | {ratio} | "
+                     f"{paired_gain(last, base_last)} |")
     return "\n".join(lines)
+
+
+def paired_gain(result, baseline):
+    """``result - baseline`` SI-SNRi over the same test mixtures, with its 95% bootstrap
+    interval ('-' where either lacks per-mixture scores)."""
+    if not (result and baseline and "per_mixture" in result and "per_mixture" in baseline):
+        return "-"
+    from spksep_modules.stats import paired_difference
+
+    ours = dict(zip(result["per_mixture"]["ids"], result["per_mixture"]["si_snr_i"]))
+    base = dict(zip(baseline["per_mixture"]["ids"], baseline["per_mixture"]["si_snr_i"]))
+    if set(ours) != set(base):
+        return "-"
+    ids = sorted(ours)
+    d = paired_difference([ours[i] for i in ids], [base[i] for i in ids])
+    return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
 
 
 def parse_args(argv):
@@ -392,6 +483,9 @@ def parse_args(argv):
     parser.add_argument("--lr", type=float, default=1e-3, help="constant learning rate")
     parser.add_argument("--peak_lr", type=float, default=3e-3, help="with the schedule")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--valid_seconds", type=float, default=4.0,
+                        help="train.py variants: dev utterances cut to their first this many "
+                             "seconds (the validation that picks the checkpoint costs little)")
     parser.add_argument("--train", default=None, help=argparse.SUPPRESS)  # one variant, here
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
     return parser.parse_args(argv)

@@ -123,6 +123,44 @@ class SeparationBrain(sb.Brain):
         if self.batch_plan is not None:  # goes to the run's log.txt
             logger.info(self.batch_plan.describe())
         super().on_fit_start()
+        if self.budget is not None:  # after recovery: a resumed run goes on from its sum
+            self.budget.start()
+
+    # -- the run's budget (``budget.TrainingBudget``: yaml ``training_budget``) ----------
+    @property
+    def budget(self):
+        return getattr(getattr(self, "hparams", None), "training_budget", None)
+
+    @property
+    def step_limit(self):
+        """``--optimizer_step_limit`` as a number (SpeechBrain's parser leaves it a string)."""
+        limit = self.optimizer_step_limit
+        return None if limit in (None, "", "None") else int(limit)
+
+    @property
+    def _optimizer_step_limit_exceeded(self):
+        """SpeechBrain's step limit, or the budget spent: either ends the epoch's loop
+        mid-epoch, and SpeechBrain then validates and checkpoints that partial epoch and
+        stops. Under DDP the processes agree (their clocks differ), or one would wait
+        forever for the others' gradients."""
+        if self.budget is None:
+            return self.step_limit is not None and self.optimizer_step >= self.step_limit
+        done = self.budget.exhausted(self.optimizer_step, self.step_limit)
+        if _processes() > 1 and torch.distributed.is_initialized():
+            flag = torch.tensor(float(done), device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            done = bool(flag.item())
+        return done
+
+    def fit(self, epoch_counter, *args, **kwargs):
+        # A rerun of a finished budgeted run goes straight to testing, rather than
+        # validating (and checkpointing) its last model once more per rerun.
+        if self.budget is not None and self.checkpointer is not None:
+            self.checkpointer.recover_if_possible()
+            if self.budget.exhausted(self.optimizer_step, self.step_limit):
+                logger.info("the training budget is spent: no more training")
+                return
+        super().fit(epoch_counter, *args, **kwargs)
 
     def _compile(self):
         """``compile: True`` (or ``--compile``) compiles the separator, not the loss (its
@@ -175,6 +213,9 @@ class SeparationBrain(sb.Brain):
 
     def on_fit_batch_start(self, batch, should_step):
         self.nonfinite.skip_step = False
+        if self.budget is not None:
+            self.budget.tick()
+            self.budget.scale_lr(self.optimizer, self.optimizer_step, self.step_limit)
 
     def optimizers_step(self):
         if self.nonfinite.skip_step:  # the batch's loss was non-finite: no update at all
@@ -214,12 +255,20 @@ class SeparationBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
         elif stage == sb.Stage.VALID:
+            meta = {"epoch": epoch}
+            if self.budget is not None:  # the scheduler halves the rate before cool-down
+                self.budget.tick()
+                self.budget.restore_lr(self.optimizer)
+                meta.update(steps=self.optimizer_step,
+                            budget_spent=f"{self.budget.spent_seconds / 60:.2f} min")
             old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stage_loss)
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+            if self.budget is not None:
+                self.budget.keep_lr(self.optimizer)
             self.hparams.epoch_counter.update_metric(stage_loss)
             for train_logger in self._train_loggers():  # the text log (+ TensorBoard)
                 train_logger.log_stats(
-                    stats_meta={"epoch": epoch, "lr": old_lr},
+                    stats_meta={**meta, "lr": old_lr},
                     train_stats=self.train_stats,
                     valid_stats=stats,
                 )

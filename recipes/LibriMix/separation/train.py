@@ -64,6 +64,9 @@ def main(argv):
             "lr_scheduler": hparams["lr_scheduler"],
         },
     )
+    if hparams.get("training_budget") is not None:  # optional: runs started before it existed
+        checkpointer.add_recoverable("training_budget", hparams["training_budget"],
+                                     optional_load=True)
     brain = SeparationBrain(
         modules=modules,
         opt_class=hparams["optimizer"],
