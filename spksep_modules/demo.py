@@ -7,11 +7,19 @@ the paired gains over the baseline, and writes the figures of ``spksep plot`` in
 A model whose run already has ``test_summary.json`` is not trained again, and an
 interrupted run resumes from its last checkpoint.
 
+The conditioned model starts from the trained baseline and trains on, so its gain over
+the baseline mixes conditioning with extra training. The continued baseline
+(``convtasnet_continued``) tells them apart: the baseline trained on from its final weights
+for as many CPU minutes of training as the conditioned model took (every demo run counts
+its budget on the CPU clock, which runs side by side do not distort), and the report pairs
+the conditioned model with it too.
+
 Models train ``--jobs`` at a time (default: half the CPU cores, at least 2), each on
 its share of the cores: these small models use one core far better than two (a training
 step on 2 threads is far from twice as fast as on 1), so two runs side by side finish
 sooner than the same runs one after the other. The conditioned model waits for the
-baseline it starts from. Each run's output goes to ``runs/<model>/demo.log``.
+baseline it starts from, and the continued baseline for both. Each run's output goes to
+``runs/<model>/demo.log``.
 """
 
 import argparse
@@ -21,9 +29,11 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from spksep_modules import SpkSepError
 from spksep_modules.data.demo import make_demo_data
 from spksep_modules.plots import plot_runs
-from spksep_modules.tables import read_summary, tables
+from spksep_modules.runs import budget_spent
+from spksep_modules.tables import CONTINUED_MODEL, model_label, read_summary, report
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "LibriMix", "separation")
 
@@ -46,7 +56,13 @@ MODELS = {
                      "--alpha=1.0"],
     # Starts from the trained baseline, as in the paper.
     "conditioning": ["hparams/conditioning.yaml", "--number_of_epochs=6", "--speaker_net=ge2e"],
+    # The baseline trained on for the conditioned model's CPU minutes (``extra_args``): its
+    # budget stops it, not the epochs.
+    "convtasnet_continued": ["hparams/convtasnet.yaml", "--number_of_epochs=1000",
+                             "--model_name=convtasnet_continued"],
 }
+# The runs a model starts from or takes its budget from: trained before it, in its lane.
+NEEDS = {"conditioning": ("convtasnet",), "convtasnet_continued": ("convtasnet", "conditioning")}
 # More speakers than the generator's default, so that the small model generalises to the
 # unseen test speakers within a few minutes of training.
 DATA = dict(num_train=200, num_train_speakers=80)
@@ -73,11 +89,7 @@ def train(name: str, data: str, runs: str, extra=(), threads: int = None) -> str
     if os.path.isfile(os.path.join(out, "test_summary.json")):
         print(f"[demo] {name}: already trained ({out})")
         return out
-    hparams, *model_args = MODELS[name]
-    cmd = [
-        sys.executable, "train.py", hparams, f"--data_folder={data}", f"--output_folder={out}",
-        "--device=cpu", "--noprogressbar", *SMALL, *model_args, *extra,
-    ]
+    cmd = command(name, data, out, extra)
     os.makedirs(out, exist_ok=True)
     log = os.path.join(out, "demo.log")
     print(f"[demo] training {name} (log: {log}): {' '.join(cmd[1:])}", flush=True)
@@ -99,23 +111,61 @@ def train(name: str, data: str, runs: str, extra=(), threads: int = None) -> str
     return out
 
 
-def train_all(names, data: str, runs: str, jobs: int) -> list:
-    """Train ``names`` in ``jobs`` lanes side by side; returns their run folders in the
-    order of ``names``. The first lane trains the baseline and then the conditioned model
-    that starts from it; the other models share the other lanes (all lanes, with one job).
+def command(name: str, data: str, out: str, extra=()) -> list:
+    """The ``train.py`` command line (run in ``RECIPE``) that trains model ``name`` at demo
+    size into ``out``; ``extra``: what :func:`extra_args` adds.
 
     Example
     -------
-    >>> lanes(["convtasnet", "weighted_sum", "triplet_like", "conditioning"], jobs=2)
-    [['convtasnet', 'conditioning'], ['weighted_sum', 'triplet_like']]
+    >>> cmd = command("convtasnet", "data", "runs/convtasnet")
+    >>> cmd[1:3], "--budget_clock=cpu" in cmd, cmd[-1]
+    (['train.py', 'hparams/convtasnet.yaml'], True, '--number_of_epochs=10')
+    """
+    hparams, *model_args = MODELS[name]
+    # Budgets in CPU minutes: the continued baseline's is the conditioned run's (``extra_args``).
+    return [
+        sys.executable, "train.py", hparams, f"--data_folder={data}", f"--output_folder={out}",
+        "--device=cpu", "--noprogressbar", "--budget_clock=cpu", *SMALL, *model_args, *extra,
+    ]
+
+
+def extra_args(name: str, done: dict) -> list:
+    """The arguments of model ``name`` that come from the runs it needs (``NEEDS``), from
+    ``done`` (model -> finished run folder): the conditioned model's basic model, and the
+    continued baseline's start (the baseline's weights) and budget (the CPU minutes the
+    conditioned model spent in training and validation).
+
+    Example
+    -------
+    >>> extra_args("conditioning", {"convtasnet": "runs/convtasnet"})
+    ['--basic_model=runs/convtasnet']
+    >>> extra_args("weighted_sum", {})
+    []
+    """
+    if name == "conditioning":
+        return [f"--basic_model={done['convtasnet']}"]
+    if name == "convtasnet_continued":
+        try:
+            minutes = budget_spent(done["conditioning"], clock="cpu")
+        except SpkSepError as err:
+            raise SystemExit(f"[demo] {name}: no budget ({err}); delete "
+                             f"{done['conditioning']} to train it again") from None
+        return [f"--init_from={done['convtasnet']}", f"--budget_minutes={minutes}"]
+    return []
+
+
+def train_all(names, data: str, runs: str, jobs: int) -> list:
+    """Train ``names`` in ``jobs`` lanes side by side; returns their run folders in the
+    order of ``names``. The first lane trains the baseline, then the conditioned model
+    that starts from it, then the continued baseline; the other models share the other
+    lanes (all lanes, with one job): see :func:`lanes`.
     """
     threads = max(1, (os.cpu_count() or 1) // jobs)
     done = {}
 
     def run_lane(lane):
         for name in lane:
-            extra = [f"--basic_model={done['convtasnet']}"] if name == "conditioning" else []
-            done[name] = train(name, data, runs, extra, threads)
+            done[name] = train(name, data, runs, extra_args(name, done), threads)
 
     plan = lanes(names, jobs)
     with ThreadPoolExecutor(max_workers=len(plan)) as pool:
@@ -125,11 +175,21 @@ def train_all(names, data: str, runs: str, jobs: int) -> list:
 
 
 def lanes(names, jobs: int) -> list:
-    """Split ``names`` into at most ``jobs`` lists trained one after the other: the baseline
-    and the conditioned model (which needs it) in the first, the rest round-robin."""
-    chain = [n for n in ("convtasnet", "conditioning") if n in names]
-    if "conditioning" in names and "convtasnet" not in names:
-        chain.insert(0, "convtasnet")  # its basic model, trained (or found) first
+    """Split ``names`` into at most ``jobs`` lists trained one after the other: the baseline,
+    the conditioned model and the continued baseline in the first (each needs the ones
+    before: ``NEEDS``, trained or found even when not in ``names``), the rest round-robin.
+
+    Example
+    -------
+    >>> lanes(["convtasnet", "weighted_sum", "triplet_like", "conditioning"], jobs=2)
+    [['convtasnet', 'conditioning'], ['weighted_sum', 'triplet_like']]
+    >>> lanes(list(MODELS), jobs=2)
+    [['convtasnet', 'conditioning', 'convtasnet_continued'], ['weighted_sum', 'triplet_like']]
+    >>> lanes(["weighted_sum", "convtasnet_continued"], jobs=1)
+    [['convtasnet', 'conditioning', 'convtasnet_continued', 'weighted_sum']]
+    """
+    wanted = set(names).union(*(NEEDS.get(n, ()) for n in names))
+    chain = [n for n in ("convtasnet", "conditioning", "convtasnet_continued") if n in wanted]
     rest = [n for n in names if n not in chain]
     plan = [chain] + [[] for _ in range(max(1, jobs) - 1)]
     others = plan[1:] or plan
@@ -140,8 +200,9 @@ def lanes(names, jobs: int) -> list:
 
 def main(argv=None):
     """``make demo``: write the demo set under ``--workdir``, train and test ``--models``
-    (default: all of ``MODELS``; the conditioned model starts from the trained baseline),
-    print Table I and the gains over the baseline, and write the figures into
+    (default: all of ``MODELS``; the conditioned model starts from the trained baseline,
+    the continued baseline too), print Table I and the gains over the baseline (and of the
+    conditioned model over the continued baseline), and write the figures into
     ``<workdir>/plots``.
 
     Example
@@ -164,13 +225,19 @@ def main(argv=None):
     start = time.time()
     done = train_all(args.models, data, runs, max(1, args.jobs))
     print(f"\n[demo] trained in {(time.time() - start) / 60:.1f} min")
-    print(tables(done, significance=True))  # + the paired gains over the baseline
+    text, records = report(done, significance=True)  # + the paired gains over the baseline
+    print(text)
     for run in done:
         summary = read_summary(run)
         if "si_snr_intermediate" in summary:
             print(f"\n[demo] {summary['model']}: test SI-SNR {summary['si_snr']:.2f} dB, its basic "
                   f"model's (intermediate) estimates {summary['si_snr_intermediate']:.2f} dB: "
                   f"conditioning adds {summary['si_snr'] - summary['si_snr_intermediate']:+.2f} dB")
+    for pairing in records.get("over_continued", []):  # same extra compute, paired per mixture
+        for g in pairing["gains"]:
+            print(f"\n[demo] {g['label']} vs {model_label(CONTINUED_MODEL)} (same extra CPU "
+                  f"minutes): {g['mean']:+.2f} dB SI-SNRi per mixture, 95% interval "
+                  f"[{g['low']:+.2f}, {g['high']:+.2f}] ({g['n']} test mixtures)")
     plots = plot_runs(done, os.path.join(args.workdir, "plots"))
     print("\n[demo] figures (learning curves, per-mixture SI-SNRi, spectrograms of the median "
           "test mixture):")

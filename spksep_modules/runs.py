@@ -4,26 +4,30 @@ test results, with one-line errors for a folder that lacks them."""
 import csv
 import math
 import os
+import re
 
 from spksep_modules import SpkSepError
 
 
 def _number(text):
     try:
-        return float(text)
+        return float(text.removesuffix(" min"))  # the budget's minutes are logged with a unit
     except ValueError:
         return None
 
 
 def parse_log_line(line: str) -> dict:
     """One line of SpeechBrain's ``FileTrainLogger`` as ``{key: float}``; keys keep their
-    ``train`` / ``valid`` / ``test`` prefix, values that are not numbers are left out.
+    ``train`` / ``valid`` / ``test`` prefix; minutes (``4.12 min``) are read as numbers,
+    other values that are not numbers are left out.
 
     Example
     -------
     >>> parse_log_line("epoch: 2, lr: 1.00e-03 - train loss: -5.10, train si_snr: 5.10 "
     ...                "- valid loss: -4.20e+00, valid si_snr: 4.20")
     {'epoch': 2.0, 'lr': 0.001, 'train loss': -5.1, 'train si_snr': 5.1, 'valid loss': -4.2, 'valid si_snr': 4.2}
+    >>> parse_log_line("epoch: 3, steps: 600, budget_spent: 4.12 min, lr: 1.00e-03")
+    {'epoch': 3.0, 'steps': 600.0, 'budget_spent': 4.12, 'lr': 0.001}
     """
     out = {}
     for part in line.strip().split(" - "):
@@ -78,6 +82,55 @@ def read_train_log(run_dir) -> list:
     if not epochs:
         raise SpkSepError(f"{path}: no epoch logged yet")
     return [epochs[e] for e in sorted(epochs)]
+
+
+def budget_spent(run_dir, clock=None) -> float:
+    """Minutes of ``fit`` (training and validation) a run spent on its ``budget_clock``:
+    the ``budget_spent`` of its last epoch line (a resumed run's count goes on from its
+    checkpoint, so the last line is the whole run's).
+
+    Arguments
+    ---------
+    run_dir : str or Path
+    clock : "wall" | "cpu" | None
+        When given, the run's ``budget_clock`` (its ``hyperparams.yaml``) must be this one:
+        minutes of one clock are no budget on the other.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> with open(os.path.join(folder.name, "train_log.txt"), "w") as f:
+    ...     print("epoch: 1, steps: 25, budget_spent: 0.51 min, lr: 2.00e-03 - train "
+    ...           "loss: -1.00 - valid loss: -2.00", file=f)
+    ...     print("epoch: 2, steps: 50, budget_spent: 1.02 min, lr: 2.00e-03 - train "
+    ...           "loss: -3.00 - valid loss: -4.00", file=f)
+    >>> with open(os.path.join(folder.name, "hyperparams.yaml"), "w") as f:
+    ...     print("budget_clock: cpu", file=f)
+    >>> budget_spent(folder.name, clock="cpu")
+    1.02
+    >>> budget_spent(folder.name, clock="wall")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    spksep_modules.SpkSepError: .../hyperparams.yaml: budget_clock is cpu, not wall: its budget_spent is no budget on the wall clock
+    >>> folder.cleanup()
+    """
+    last = read_train_log(run_dir)[-1]
+    if "budget_spent" not in last:
+        raise SpkSepError(f"{os.path.join(run_dir, 'train_log.txt')}: no budget_spent logged "
+                          "(trained before training budgets: train it again)")
+    if clock is not None:
+        path = os.path.join(run_dir, "hyperparams.yaml")
+        try:
+            with open(path, encoding="utf-8") as f:
+                found = re.search(r"^budget_clock:\s*(\w+)", f.read(), re.MULTILINE)
+        except OSError:
+            raise SpkSepError(f"{path}: missing (not a training run folder)") from None
+        saved = found.group(1) if found else None
+        if saved != clock:
+            raise SpkSepError(f"{path}: budget_clock is {saved}, not {clock}: its "
+                              f"budget_spent is no budget on the {clock} clock")
+    return last["budget_spent"]
 
 
 def read_test_results(run_dir) -> dict:

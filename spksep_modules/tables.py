@@ -1,6 +1,12 @@
 """Table I and Table II of Sun et al. from finished runs, the paper's numbers beside ours,
 and the paired gains of every model over the baseline run given with it.
 
+The conditioned model starts from the trained baseline and trains on, so part of its gain
+may be the extra training alone. A ``convtasnet_continued`` run (the baseline trained on
+from its final weights for the conditioned run's extra compute, as ``make demo`` does)
+separates the two: given with a conditioning run, it adds a row to Table I and the
+conditioned model's paired gains over it.
+
 The gains are computed per test mixture (both runs scored the same mixtures): the mean
 difference with a 95% bootstrap interval, the share of mixtures improved and a Wilcoxon
 signed-rank p-value (see ``stats``). Runs evaluated on different mixtures cannot be paired.
@@ -27,6 +33,9 @@ TABLE_II = {
     "ablation_neg": ("Basic loss + D_neg", 14.318, 0.929),
     "weighted_sum": ("Basic loss + D_pos + D_neg", 14.319, 0.930),
 }
+# The baseline trained on for the conditioned model's extra compute (not in the paper).
+CONTINUED_MODEL = "convtasnet_continued"
+CONTINUED_ROW = {CONTINUED_MODEL: ("Conv-TasNet (continued)", None, None)}
 
 
 def read_summary(run_dir: str) -> dict:
@@ -79,7 +88,8 @@ def markdown_table(title: str, rows: dict, summaries: list) -> str:
     ---------
     title : str
     rows : dict
-        model name -> (row label, paper SI-SNR, paper STOI), e.g. ``TABLE_I``.
+        model name -> (row label, paper SI-SNR, paper STOI), e.g. ``TABLE_I``; ``None``
+        for a number the paper does not have.
     summaries : list of dict
         What :func:`read_summary` returns, one per run.
 
@@ -111,8 +121,8 @@ def markdown_table(title: str, rows: dict, summaries: list) -> str:
     for key, (label, paper_si_snr, paper_stoi) in rows.items():
         s = ours.get(key, {})
         lines.append(
-            f"| {label} | {paper_si_snr:.3f} | {_fmt(s.get('si_snr'), 3)} | "
-            f"{_fmt(s.get('si_snr_i'), 3)} | {_fmt(s.get('sdr_i'), 3)} | {paper_stoi:.3f} | "
+            f"| {label} | {_fmt(paper_si_snr, 3)} | {_fmt(s.get('si_snr'), 3)} | "
+            f"{_fmt(s.get('si_snr_i'), 3)} | {_fmt(s.get('sdr_i'), 3)} | {_fmt(paper_stoi, 3)} | "
             f"{_fmt(s.get('stoi'), 3)} |" + (f" {_fmt(s.get('pesq'), 2)} |" if pesq else "")
             + f" {s.get('num_test', '-')} |"
         )
@@ -134,10 +144,13 @@ def model_label(model: str) -> str:
     -------
     >>> model_label("weighted_sum"), model_label("ablation_pos"), model_label("sepformer")
     ('P weighted-sum', 'Basic loss + D_pos', 'sepformer')
+    >>> model_label("convtasnet_continued")
+    'Conv-TasNet (continued)'
     """
-    if model in TABLE_I:
-        return TABLE_I[model][0]
-    return TABLE_II[model][0] if model in TABLE_II else model
+    for rows in (TABLE_I, TABLE_II, CONTINUED_ROW):
+        if model in rows:
+            return rows[model][0]
+    return model
 
 
 def _paper_si_snr(model):
@@ -160,6 +173,8 @@ def choose_baseline(run_dirs, summaries, baseline=None):
     1
     >>> choose_baseline(runs, [{"model": "weighted_sum"}, {"model": "triplet_like"}]) is None
     True
+    >>> choose_baseline(runs, [{"model": "convtasnet_continued"}, {"model": "convtasnet"}])
+    1
     >>> choose_baseline(runs, [{"model": "convtasnet"}, {"model": "convtasnet"}])
     Traceback (most recent call last):
     ...
@@ -289,10 +304,10 @@ def _p(value):
     return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
 
-def gains_table(gains: dict, summaries=None) -> str:
+def gains_table(gains: dict, summaries=None, title: str = "Gains over the baseline") -> str:
     """The Markdown table of :func:`paired_gains`: the gap of each model over the baseline,
     its 95% interval (in bold when it excludes zero), the share of mixtures improved and the
-    p-value.
+    p-value. ``title``: the heading's first part (what the baseline is).
 
     Example
     -------
@@ -304,7 +319,7 @@ def gains_table(gains: dict, summaries=None) -> str:
     | P weighted-sum | +0.201 | **+0.310** | **[+0.120, +0.500]** | 62% | 4.0e-04 |
     """
     metric = METRIC_LABELS.get(gains["metric"], gains["metric"])
-    title = f"### Gains over the baseline: paired per-mixture {metric} differences"
+    title = f"### {title}: paired per-mixture {metric} differences"
     if gains["baseline"] is None:
         return f"{title}\n\nNo baseline ({BASELINE_MODEL}) run given: nothing to pair."
     if not gains["gains"]:
@@ -330,6 +345,47 @@ def gains_table(gains: dict, summaries=None) -> str:
     return "\n".join(lines)
 
 
+CONDITIONED_MODEL = "conditioning"
+OVER_CONTINUED = "Conditioning over the continued baseline (same extra compute)"
+
+
+def gains_over_continued(run_dirs, summaries=None, **pairing) -> list:
+    """The paired gains of the conditioning runs over each ``convtasnet_continued`` run
+    among ``run_dirs``: whether the conditioned model beats the baseline trained on for
+    the same extra compute, not only the baseline it started from.
+
+    Arguments
+    ---------
+    run_dirs, summaries
+        As for :func:`paired_gains`.
+    **pairing
+        ``metric``, ``resamples``, ``seed`` of :func:`paired_gains` (a ``baseline`` is
+        ignored: each continued run is the baseline of its own pairing).
+
+    Returns
+    -------
+    list of dict
+        One :func:`paired_gains` per continued run; empty without both kinds of run.
+
+    Example
+    -------
+    >>> gains_over_continued(["runs/a", "runs/b"],
+    ...                      [{"model": "convtasnet"}, {"model": "conditioning"}])
+    []
+    """
+    run_dirs = [str(r) for r in run_dirs]
+    summaries = summaries if summaries is not None else [read_summary(r) for r in run_dirs]
+    pairing = {k: v for k, v in pairing.items() if k != "baseline"}
+    conditioned = [i for i, s in enumerate(summaries) if s["model"] == CONDITIONED_MODEL]
+    continued = [i for i, s in enumerate(summaries) if s["model"] == CONTINUED_MODEL]
+    if not conditioned:
+        return []
+    return [paired_gains([run_dirs[i] for i in (c, *conditioned)],
+                         [summaries[i] for i in (c, *conditioned)], baseline=run_dirs[c],
+                         **pairing)
+            for c in continued]
+
+
 def report(run_dirs, significance: bool = True, **pairing) -> tuple:
     """Table I (and II), the gains table, and the same as records for machines.
 
@@ -348,7 +404,8 @@ def report(run_dirs, significance: bool = True, **pairing) -> tuple:
         The Markdown, and ``{"runs": [one record per run: run, model, label, num_test, the
         means of test_summary.json, paper_si_snr, paper_stoi, and the gain fields over the
         baseline (none for the baseline)], "pairing": {baseline, metric, resamples, seed,
-        test}}``.
+        test}}``; with a conditioning and a ``convtasnet_continued`` run, also
+        ``"over_continued"``: what :func:`gains_over_continued` returns.
 
     Example
     -------
@@ -369,17 +426,20 @@ def report(run_dirs, significance: bool = True, **pairing) -> tuple:
         run_dirs.append(str(base))
     summaries = [read_summary(d) for d in run_dirs]
     models = {s["model"] for s in summaries}
-    out = [markdown_table("Table I: models (Libri2Mix test)", TABLE_I, summaries)]
+    rows = {**TABLE_I, **CONTINUED_ROW} if CONTINUED_MODEL in models else TABLE_I
+    out = [markdown_table("Table I: models (Libri2Mix test)", rows, summaries)]
     if models & {"ablation_pos", "ablation_neg"}:
         out.append(markdown_table("Table II: ablation on P weighted-sum", TABLE_II, summaries))
     out.append(
         "Paper's SI-SNR column: the paper does not say whether it is the output SI-SNR or the "
         "improvement, so both of ours are shown."
     )
-    gains = None
+    gains, over_continued = None, []
     if significance:
         gains = paired_gains(run_dirs, summaries, **pairing)
         out.append(gains_table(gains))
+        over_continued = gains_over_continued(run_dirs, summaries, **pairing)
+        out += [gains_table(g, title=OVER_CONTINUED) for g in over_continued]
     by_run = {g["run"]: g for g in (gains or {}).get("gains", [])}
     labels = _labels(run_dirs, summaries)
     records = []
@@ -396,7 +456,10 @@ def report(run_dirs, significance: bool = True, **pairing) -> tuple:
         record.update({k: gain.get(k) for k in GAIN_FIELDS})
         records.append(record)
     pairing_info = {k: v for k, v in (gains or {}).items() if k != "gains"}
-    return "\n\n".join(out), {"runs": records, "pairing": pairing_info}
+    data = {"runs": records, "pairing": pairing_info}
+    if over_continued:
+        data["over_continued"] = over_continued
+    return "\n\n".join(out), data
 
 
 GAIN_FIELDS = ("paper_gap", "mean", "low", "high", "improved", "p_value", "significant")
