@@ -73,7 +73,28 @@ def _set_by_user(name, run_opts, hparams) -> bool:
     return name in given or name in (hparams or {})
 
 
-class SeparationBrain(sb.Brain):
+class NonFiniteBrain(sb.Brain):
+    """The non-finite policy (``nonfinite.SkipNonFinite``) of both Brains: a training batch
+    whose loss went through ``self.nonfinite.check`` and was non-finite makes no update.
+    Subclasses call ``super()`` in ``on_stage_start`` and ``on_fit_batch_start``."""
+
+    def on_stage_start(self, stage, epoch=None):
+        if not hasattr(self, "nonfinite"):  # one policy per run: its count spans epochs
+            self.nonfinite = SkipNonFinite(
+                getattr(getattr(self, "hparams", None), "max_nonfinite_in_a_row", 20))
+        self.nonfinite.skipped = 0  # examples skipped, counted per stage
+
+    def on_fit_batch_start(self, batch, should_step):
+        self.nonfinite.skip_step = False
+
+    def optimizers_step(self):
+        if self.nonfinite.skip_step:  # the batch's loss was non-finite: no update at all
+            self.zero_grad(set_to_none=True)
+            return
+        super().optimizers_step()
+
+
+class SeparationBrain(NonFiniteBrain):
     """Trains any separator with the yaml's loss; writes per-mixture test results.
 
     Example
@@ -212,23 +233,14 @@ class SeparationBrain(sb.Brain):
         self.stage_stats[key] = (total + float(values.sum()), count + values.numel())
 
     def on_fit_batch_start(self, batch, should_step):
-        self.nonfinite.skip_step = False
+        super().on_fit_batch_start(batch, should_step)
         if self.budget is not None:
             self.budget.tick()
             self.budget.scale_lr(self.optimizer, self.optimizer_step, self.step_limit)
 
-    def optimizers_step(self):
-        if self.nonfinite.skip_step:  # the batch's loss was non-finite: no update at all
-            self.zero_grad(set_to_none=True)
-            return
-        super().optimizers_step()
-
     def on_stage_start(self, stage, epoch=None):
+        super().on_stage_start(stage, epoch)
         self.stage_stats = {}
-        if not hasattr(self, "nonfinite"):  # one policy per run: its count spans epochs
-            self.nonfinite = SkipNonFinite(
-                getattr(getattr(self, "hparams", None), "max_nonfinite_in_a_row", 20))
-        self.nonfinite.skipped = 0  # mixtures skipped, counted per stage
         if stage == sb.Stage.TRAIN and epoch is not None:
             # Datasets that draw their items per epoch (dynamic mixing) learn it here, before
             # the epoch's DataLoader iterator, and so its workers, are made.
@@ -266,13 +278,15 @@ class SeparationBrain(sb.Brain):
             if self.budget is not None:
                 self.budget.keep_lr(self.optimizer)
             self.hparams.epoch_counter.update_metric(stage_loss)
+            # The checkpoint first: a kill before the line is logged resumes after this
+            # epoch (one line missing), never before it (the epoch logged twice).
+            self.checkpointer.save_and_keep_only(meta={"loss": stage_loss}, min_keys=["loss"])
             for train_logger in self._train_loggers():  # the text log (+ TensorBoard)
                 train_logger.log_stats(
                     stats_meta={**meta, "lr": old_lr},
                     train_stats=self.train_stats,
                     valid_stats=stats,
                 )
-            self.checkpointer.save_and_keep_only(meta={"loss": stage_loss}, min_keys=["loss"])
         elif stage == sb.Stage.TEST:
             summary = self._write_test_outputs()
             for train_logger in self._train_loggers():
@@ -339,7 +353,7 @@ class SeparationBrain(sb.Brain):
         return summary
 
 
-class SpeakerIDBrain(sb.Brain):
+class SpeakerIDBrain(NonFiniteBrain):
     """Speaker classification (cross-entropy) for training a speaker network such as RawNet2
     on the training speakers of LibriMix; validation tracks the classification error.
 
@@ -366,23 +380,28 @@ class SpeakerIDBrain(sb.Brain):
         if stage != sb.Stage.TRAIN:
             self.errors += int((logits.argmax(-1) != labels).sum())
             self.count += labels.numel()
-        return torch.nn.functional.cross_entropy(logits, labels)
+        losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        return self.nonfinite.check(losses.mean(), losses, self.modules.parameters(),
+                                    stage == sb.Stage.TRAIN)
 
     def on_stage_start(self, stage, epoch=None):
+        super().on_stage_start(stage, epoch)
         self.errors, self.count = 0, 0
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
+        skipped = {"nonfinite_skipped": self.nonfinite.skipped} if self.nonfinite.skipped else {}
         if stage == sb.Stage.TRAIN:
-            self.train_stats = {"loss": stage_loss}
+            self.train_stats = {"loss": stage_loss, **skipped}
             return
-        stats = {"loss": stage_loss, "error_rate": self.errors / max(self.count, 1)}
+        stats = {"loss": stage_loss, "error_rate": self.errors / max(self.count, 1), **skipped}
         if stage == sb.Stage.VALID:
             old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stage_loss)
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.hparams.epoch_counter.update_metric(stats["error_rate"])
+            # The checkpoint first, as in SeparationBrain.on_stage_end.
+            self.checkpointer.save_and_keep_only(meta=stats, min_keys=["error_rate"])
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": old_lr},
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
-            self.checkpointer.save_and_keep_only(meta=stats, min_keys=["error_rate"])

@@ -150,7 +150,9 @@ def build_parser():
     p = sub.add_parser("table", help="Table I / II in Markdown from finished runs, with the "
                                      "paired gains of every model over the baseline")
     p.add_argument("runs", nargs="+", help="run folders holding test_summary.json and "
-                                           "test_results.csv")
+                                           "test_results.csv; with a conditioning and a "
+                                           "convtasnet_continued run, the conditioned model is "
+                                           "also paired with the continued baseline")
     p.add_argument("--baseline", help="the run the others are paired with (default: the "
                                       "convtasnet run among RUNS)")
     p.add_argument("--metric", default="si_snr_i",

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spksep_modules import SpkSepError
+from spksep_modules.recipe import prepare_output_folder
 
 FORMATS = ("onnx", "torchscript")
 PAD_SLACK = 512  # samples; more than any filterbank's stride
@@ -107,9 +108,7 @@ def export_separator(separator: nn.Module, fmt: str, out, sample_rate: int,
     if fmt not in FORMATS:
         raise SpkSepError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     out = os.fspath(out)
-    parent = os.path.dirname(out)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
+    prepare_output_folder(os.path.dirname(out) or os.curdir)  # one error line, before tracing
     model = exportable(separator)
     torch.manual_seed(0)
     example = torch.randn(1, max(int(example_seconds * sample_rate), 64)) * 0.1

@@ -25,6 +25,7 @@ import soundfile as sf
 import torch
 
 from spksep_modules import SpkSepError
+from spksep_modules.recipe import prepare_output_folder
 from spksep_modules.runs import read_test_results, read_train_log
 
 PLOTS = ("curves", "distributions", "spectrograms")
@@ -441,6 +442,7 @@ def plot_runs(run_dirs, out, plots=PLOTS, baseline=None, mixture=None, device: s
             os.path.realpath(baseline) == os.path.realpath(r) for r in run_dirs):
         run_dirs.insert(0, str(baseline))  # as `spksep table` does
     labels = run_labels(run_dirs)
+    out = prepare_output_folder(out)  # one error line, before any figure is drawn
     written = []
     for name in plots:
         path = os.path.join(out, FILES[name])
