@@ -7,6 +7,16 @@ cannot tell the difference:
     <root>/Libri2Mix/wav16k/min/{train-100,dev,test}/{mix_clean,s1,s2}/<mixture_ID>.wav
     <root>/Libri2Mix/wav16k/min/metadata/mixture_<split>_mix_clean.csv
 
+With ``noise=True`` it also writes LibriMix's noisy types, from the same sources:
+
+    <root>/Libri2Mix/wav16k/min/{train-100,dev,test}/{mix_both,mix_single,noise}/<mixture_ID>.wav
+    <root>/Libri2Mix/wav16k/min/metadata/mixture_<split>_{mix_both,mix_single}.csv
+
+``mix_both = s1 + s2 + noise`` and ``mix_single = s1 + noise``. The noise stands in for
+WHAM!'s ambient recordings: coloured noise (power falling as f^-0.5 to f^-2, loudest low
+down as rooms and streets are) with a slow random swell, 5 dB below each speaker's level on
+average, as LibriMix's loudness ranges put it (speech U[-33, -25] LUFS, noise U[-38, -30]).
+
 The "speech" is a source-filter synthesis. Each synthetic speaker has fixed traits: a
 pitch register and range, a vocal-tract length (which scales all formants), its own
 version of each vowel's formants, a speaking rate, a glottal pulse shape (open quotient,
@@ -22,7 +32,7 @@ random gain so that the level difference between any two sources lies in
 [-gain_range_db, +gain_range_db]; the mixture is scaled down if it would clip; "min" mode
 truncates every source to the shortest one. Files are 16-bit PCM like LibriMix's, and the
 mixture is computed from the already-quantised sources, so ``mix == s1 + s2`` holds
-exactly for the files as read back.
+exactly for the files as read back (and ``mix_both == s1 + s2 + noise``).
 
 Everything is drawn from ``numpy.random.SeedSequence([seed, ...])`` streams keyed by
 speaker and mixture index, so the same arguments give byte-identical files.
@@ -58,6 +68,7 @@ _VOWEL_FORMANTS = np.array(
 )
 _F4 = 3500.0  # a fixed fourth formant gives the vowels a more natural top end
 _SPLIT_DIRS = ("train-100", "dev", "test")
+_NOISE_BELOW_SPEECH_DB = 5.0  # LibriMix: noise U[-38, -30] LUFS, speech U[-33, -25] LUFS
 _MARKER = "spksep_demo.json"
 
 
@@ -195,6 +206,29 @@ class _Speaker:
         return env
 
 
+def _ambient_noise(rng, n, sample_rate):
+    """``n`` samples of synthetic ambient noise, float64, RMS-normalised to 1.
+
+    Gaussian noise whose power falls as ``f^-tilt`` (tilt in [0.5, 2]: between pink-ish and
+    brown: a room or street is loudest low down, unlike white noise) above 20 Hz, times a
+    slow swell of a few dB (real ambiences are not stationary).
+
+    Example
+    -------
+    >>> noise = _ambient_noise(_rng(0), 8000, 8000)
+    >>> noise.shape, round(float(np.sqrt(np.mean(noise**2))), 6)
+    ((8000,), 1.0)
+    """
+    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    spectrum *= np.maximum(freqs, 20.0) ** (-rng.uniform(0.5, 2.0) / 2)  # amplitude: half the power's
+    noise = np.fft.irfft(spectrum, n)
+    t = np.arange(n) / sample_rate
+    swell_db = rng.uniform(1.0, 4.0) * np.sin(2 * np.pi * rng.uniform(0.1, 1.0) * t + rng.uniform(0, 2 * np.pi))
+    noise *= 10.0 ** (swell_db / 20.0)
+    return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
+
+
 def _quantise(x):
     """float -> int16 on LibriMix's 16-bit grid (the read-back float is x_int / 32768)."""
     return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
@@ -217,6 +251,7 @@ def make_demo_data(
     gain_range_db=5.0,
     peak=0.9,
     seed=0,
+    noise=False,
 ):
     """Write a deterministic synthetic LibriMix-layout set under ``root``.
 
@@ -244,6 +279,13 @@ def make_demo_data(
         Mixtures (and their sources, by the same factor) are scaled down to this peak
         if they would exceed it: no clipping.
     seed : int
+    noise : bool
+        Also write LibriMix's noisy types, ``mix_both`` (sources + noise) and
+        ``mix_single`` (s1 + noise), the ``noise`` folder and their metadata CSVs (module
+        docstring). The peak rule then covers every mixture type, so the sources may be
+        scaled down where the noise pushes a mixture over ``peak``, as in LibriMix. The
+        speech is drawn from the same streams either way, and ``noise=False`` writes exactly
+        the files (and marker) it wrote before the option existed.
 
     Returns
     -------
@@ -261,6 +303,15 @@ def make_demo_data(
     ...                    for sub in ("mix_clean", "s1", "s2"))
     >>> os.path.basename(root), mix.shape[0] >= 4000, bool((mix == s1 + s2).all())
     ('Libri2Mix', True, True)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     root = make_demo_data(tmp, 1, 1, 1, seconds=0.5, sample_rate=8000, num_train_speakers=2,
+    ...                           num_dev_speakers=2, num_test_speakers=2, noise=True)
+    ...     split = os.path.join(root, "wav8k", "min", "train-100")
+    ...     name = os.listdir(os.path.join(split, "mix_both"))[0]
+    ...     both, single, s1, s2, n = (sf.read(os.path.join(split, sub, name), dtype="int16")[0].astype(int)
+    ...                                for sub in ("mix_both", "mix_single", "s1", "s2", "noise"))
+    >>> bool((both == s1 + s2 + n).all()), bool((single == s1 + n).all())
+    (True, True)
     """
     check_librimix_options(num_spks, sample_rate, mode)
     counts = {"train-100": (num_train, num_train_speakers), "dev": (num_dev, num_dev_speakers),
@@ -279,6 +330,8 @@ def make_demo_data(
         num_test_speakers=num_test_speakers, rms_dbfs=rms_dbfs, gain_range_db=gain_range_db,
         peak=peak, seed=seed,
     )
+    if noise:  # only when set: clean sets made before the option keep their marker, and are reused
+        params["noise"] = True
     mix_root = os.path.abspath(os.path.join(os.fspath(root), f"Libri{num_spks}Mix"))
     base = os.path.join(mix_root, f"wav{sample_rate // 1000}k", mode)
     if _reuse_existing(mix_root, base, params):
@@ -327,15 +380,17 @@ def _reuse_existing(mix_root, base, params):
 
 
 def _write_split(base, split, split_index, n_mix, members, speakers, spk_ids, chapters, params):
-    """Synthesise, mix and write one split plus its LibriMix metadata CSV."""
+    """Synthesise, mix and write one split plus its LibriMix metadata CSV(s)."""
     sr, num_spks, seed = params["sample_rate"], params["num_spks"], params["seed"]
+    noisy = params.get("noise", False)
     split_dir = os.path.join(base, split)
-    subdirs = ["mix_clean"] + [f"s{i + 1}" for i in range(num_spks)]
-    for sub in subdirs:
+    source_dirs = [f"s{i + 1}" for i in range(num_spks)]
+    mix_types = ["mix_clean"] + (["mix_both", "mix_single"] if noisy else [])
+    for sub in mix_types + source_dirs + (["noise"] if noisy else []):
         os.makedirs(os.path.join(split_dir, sub), exist_ok=True)
     utt_counter = {m: 0 for m in members}
     target_rms = 10.0 ** (params["rms_dbfs"] / 20.0)
-    rows = []
+    rows = {t: [] for t in mix_types}
     for k in range(n_mix):
         rng = _rng(seed, 2, split_index, k)
         chosen = rng.choice(members, size=num_spks, replace=False)
@@ -348,24 +403,54 @@ def _write_split(base, split, split_index, n_mix, members, speakers, spk_ids, ch
             sources.append(speakers[m].utterance(rng, n) * target_rms * 10.0 ** (gain_db / 20.0))
         length = min(len(s) for s in sources) if params["mode"] == "min" else max(len(s) for s in sources)
         sources = np.stack([np.pad(s[:length], (0, max(0, length - len(s)))) for s in sources])
-        # Scale before quantising, so the int16 mixture (a sum of int16 sources) cannot clip.
-        mix_peak = np.abs(sources.sum(axis=0)).max()
+        noise = None
+        if noisy:  # its own stream: the speech is drawn as without noise
+            noise_rng = _rng(seed, 3, split_index, k)
+            level_db = (params["rms_dbfs"] - _NOISE_BELOW_SPEECH_DB
+                        + noise_rng.uniform(-params["gain_range_db"] / 2, params["gain_range_db"] / 2))
+            # The noise spans the whole mixture, in "max" mode too (as LibriMix's does).
+            noise = _ambient_noise(noise_rng, length, sr) * 10.0 ** (level_db / 20.0)
+        # Scale before quantising, so the int16 mixtures (sums of int16 files) cannot clip;
+        # every mixture type counts, so all types share one set of sources, as in LibriMix.
+        mixes = [sources.sum(axis=0)]
+        if noisy:
+            mixes += [mixes[0] + noise, sources[0] + noise]
+        mix_peak = max(np.abs(m).max() for m in mixes)
         if mix_peak > params["peak"]:
             sources *= params["peak"] / mix_peak
+            if noisy:
+                noise *= params["peak"] / mix_peak
         sources_q = _quantise(sources)
-        mix_q = sources_q.astype(np.int32).sum(axis=0).astype(np.int16)
+        clean_q = sources_q.astype(np.int32).sum(axis=0)
+        mixtures_q = {"mix_clean": clean_q}
+        if noisy:
+            noise_q = _quantise(noise).astype(np.int32)
+            mixtures_q.update(mix_both=clean_q + noise_q, mix_single=sources_q[0].astype(np.int32) + noise_q)
 
         mixture_id = "_".join(utt_ids)
-        paths = [os.path.join(split_dir, sub, mixture_id + ".wav") for sub in subdirs]
+        name = mixture_id + ".wav"
+        source_paths = [os.path.join(split_dir, sub, name) for sub in source_dirs]
         # int16 arrays go to PCM_16 unchanged; float input would be rescaled by 32767.
-        sf.write(paths[0], mix_q, sr, subtype="PCM_16")
-        for path, src in zip(paths[1:], sources_q):
+        for path, src in zip(source_paths, sources_q):
             sf.write(path, src, sr, subtype="PCM_16")
-        rows.append([mixture_id] + paths + [length])
+        if noisy:
+            noise_path = os.path.join(split_dir, "noise", name)
+            sf.write(noise_path, noise_q.astype(np.int16), sr, subtype="PCM_16")
+        for mix_type, mix_q in mixtures_q.items():
+            mix_path = os.path.join(split_dir, mix_type, name)
+            sf.write(mix_path, mix_q.astype(np.int16), sr, subtype="PCM_16")
+            # LibriMix's columns: mix_clean lists the sources, mix_both adds the noise,
+            # mix_single lists s1 and the noise.
+            targets = source_paths[:1] if mix_type == "mix_single" else source_paths
+            rows[mix_type].append([mixture_id, mix_path, *targets]
+                                  + ([noise_path] if mix_type != "mix_clean" else []) + [length])
 
-    header = ["mixture_ID", "mixture_path"] + [f"source_{i + 1}_path" for i in range(num_spks)] + ["length"]
-    csv_path = os.path.join(base, "metadata", f"mixture_{split}_mix_clean.csv")
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+    for mix_type, type_rows in rows.items():
+        spks = 1 if mix_type == "mix_single" else num_spks
+        header = (["mixture_ID", "mixture_path"] + [f"source_{i + 1}_path" for i in range(spks)]
+                  + (["noise_path"] if mix_type != "mix_clean" else []) + ["length"])
+        csv_path = os.path.join(base, "metadata", f"mixture_{split}_{mix_type}.csv")
+        with open(csv_path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(type_rows)

@@ -16,9 +16,16 @@ Dynamic mixing instead builds every training item anew, the way LibriMix's own s
    the targets are instead the loudness of the sources of a random mixture of the training
    split (``split_loudness``): new mixtures then keep the levels, and the level differences,
    of the data set they stand in for, whatever rule made it;
-4. the sources summed, and the mixture and its sources scaled together to a 0.9 peak if
-   the mixture exceeds it (LibriMix's ``MAX_AMP = 0.9``, ``MIN_LOUDNESS = -33``,
-   ``MAX_LOUDNESS = -25``).
+4. with a noise folder (``dm_noise_folder``), a random crop of a random noise file, its
+   loudness set to a target drawn uniformly from [-38, -30] LUFS (LibriMix draws WHAM!'s
+   noise 5 dB below the speech's range), by the same clipping rule; only the first channel
+   of a multi-channel file is used (WHAM!'s are stereo; LibriMix keeps the first);
+5. the sources (and noise) summed, and the mixture, its sources and noise scaled together
+   to a 0.9 peak if the mixture exceeds it (LibriMix's ``MAX_AMP = 0.9``,
+   ``MIN_LOUDNESS = -33``, ``MAX_LOUDNESS = -25``).
+
+The noise is part of the mixture only: the targets stay the clean sources, as in
+LibriMix's ``mix_both`` (and ``mix_single`` with ``num_spks=1``).
 
 Segments shorter than the segment length are zero-padded to it (``short_policy="pad"``)
 or never drawn (``"skip"``: only utterances at least that long take part), as in the
@@ -54,6 +61,7 @@ import logging
 import operator
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import soundfile as sf
@@ -61,11 +69,12 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from spksep_modules import SpkSepError
-from spksep_modules.audio import read_wav
+from spksep_modules.audio import _reason, read_wav
 from spksep_modules.data.librimix import check_header, speakers_from_mixture_id
 
 # LibriMix's constants (scripts/create_librimix_metadata.py).
 LOUDNESS_RANGE = (-33.0, -25.0)  # LUFS: each source's target, drawn uniformly
+NOISE_LOUDNESS_RANGE = (-38.0, -30.0)  # LUFS: the noise's target (MIN_LOUDNESS - 5, MAX_LOUDNESS - 5)
 MAX_AMP = 0.9  # peak a clipping source or mixture is scaled to
 AUDIO_EXTENSIONS = (".flac", ".wav")
 
@@ -82,13 +91,23 @@ class Utterance:
     num_samples: int
 
 
+@dataclass(frozen=True)
+class NoiseFile:
+    """One noise recording that dynamic mixing may add (``noise_files``)."""
+
+    path: str
+    num_samples: int
+
+
 @dataclass
 class Mixture:
     """One drawn mixture, with what was drawn for it.
 
-    ``mix [time]`` is exactly ``sources.sum(-1)`` (both float32); ``target_lufs`` holds the
-    loudness drawn for each source, ``peak_scale`` the factor applied to all of them
-    afterwards to keep the mixture's peak at ``MAX_AMP`` (1.0 when it did not clip).
+    ``mix [time]`` is exactly ``sources.sum(-1)`` (both float32), plus ``noise [time]``
+    when a noise folder is given (else ``noise`` is None); ``target_lufs`` holds the
+    loudness drawn for each source (``noise_lufs`` the noise's), ``peak_scale`` the factor
+    applied to all of them afterwards to keep the mixture's peak at ``MAX_AMP`` (1.0 when
+    it did not clip).
     """
 
     mixture_id: str
@@ -97,6 +116,8 @@ class Mixture:
     speakers: list
     target_lufs: list
     peak_scale: float
+    noise: Optional[torch.Tensor] = None
+    noise_lufs: Optional[float] = None
 
 
 def _csv_rows(csv_path):
@@ -147,10 +168,12 @@ def split_utterances(csv_path, num_spks, sample_rate):
     by_id = {}
     rows = _csv_rows(csv_path)
     for row in rows:
-        mixture_id = row.get("ID", "")
-        speakers = speakers_from_mixture_id(mixture_id, num_spks, csv_path)
+        utt_ids = row.get("ID", "").split("_")
+        if num_spks == 1:  # mix_single keeps the Libri{n}Mix ID; its one source is the first
+            utt_ids = utt_ids[:1]
+        speakers = speakers_from_mixture_id("_".join(utt_ids), num_spks, csv_path)
         num_samples = int(round(float(row["duration"]) * sample_rate))
-        for k, (utt_id, speaker) in enumerate(zip(mixture_id.split("_"), speakers)):
+        for k, (utt_id, speaker) in enumerate(zip(utt_ids, speakers)):
             old = by_id.get(utt_id)
             if old is None or num_samples > old.num_samples:
                 by_id[utt_id] = Utterance(utt_id, row[f"s{k + 1}_wav"], speaker, num_samples)
@@ -212,6 +235,90 @@ def folder_utterances(folder, sample_rate):
         utt_id = os.path.splitext(os.path.basename(path))[0]
         utterances.append(Utterance(utt_id, path, speaker, info.frames))
     return utterances
+
+
+def noise_files(folder, sample_rate):
+    """The noise recordings of ``folder``: every ``.wav``/``.flac`` file at any depth.
+
+    Every header is checked once, here (readable, at ``sample_rate``, not empty), so that a
+    bad file is a one-line error now rather than hours into training. Files may have
+    several channels: the first is used (WHAM!'s noise is stereo).
+
+    Arguments
+    ---------
+    folder : str
+        E.g. ``wham_noise/tr`` (resampled to the recipe's rate) or a LibriMix split's
+        ``noise/`` folder.
+    sample_rate : int
+
+    Returns
+    -------
+    list of NoiseFile, sorted by path (the draws do not depend on listing order).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     sf.write(os.path.join(tmp, "cafe.wav"), np.zeros((800, 2)), 8000)  # stereo is fine
+    ...     [(os.path.basename(n.path), n.num_samples) for n in noise_files(tmp, 8000)]
+    [('cafe.wav', 800)]
+    >>> noise_files("no_such_folder", 8000)
+    Traceback (most recent call last):
+    ...
+    spksep_modules.SpkSepError: no_such_folder: dm_noise_folder not found
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise SpkSepError(f"{folder}: dm_noise_folder not found")
+    paths = sorted(
+        os.path.join(parent, name)
+        for parent, _, names in os.walk(folder)
+        for name in names
+        if name.lower().endswith(AUDIO_EXTENSIONS)
+    )
+    if not paths:
+        raise SpkSepError(f"{folder}: dm_noise_folder holds no .wav or .flac files")
+    files = []
+    for path in paths:
+        try:
+            info = sf.info(path)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise SpkSepError(f"{path}: cannot read audio header ({_reason(err)})") from None
+        if info.samplerate != sample_rate:
+            raise SpkSepError(f"{path}: {sample_rate} Hz expected, file is {info.samplerate} Hz "
+                              "(dynamic mixing does not resample: give dm_noise_folder a copy at "
+                              "the recipe's rate)")
+        if info.frames == 0:
+            raise SpkSepError(f"{path}: file is empty (0 samples)")
+        files.append(NoiseFile(path, info.frames))
+    return files
+
+
+def read_noise(noise, start, length):
+    """``length`` samples of ``noise`` (a ``NoiseFile``) from ``start``, first channel,
+    float64. A file shorter than that is repeated end to end (LibriMix too extends short
+    noise files by repeating them; it cross-fades the seams, which this does not).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     sf.write(os.path.join(tmp, "n.wav"), np.arange(4) / 8, 8000, subtype="FLOAT")
+    ...     read_noise(NoiseFile(os.path.join(tmp, "n.wav"), 4), 2, 6).tolist()
+    [0.25, 0.375, 0.0, 0.125, 0.25, 0.375]
+    """
+    try:
+        if noise.num_samples >= start + length:  # only the crop is read
+            data, _ = sf.read(noise.path, start=start, stop=start + length, dtype="float64",
+                              always_2d=True)
+        else:
+            data, _ = sf.read(noise.path, dtype="float64", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise SpkSepError(f"{noise.path}: cannot read audio ({_reason(err)})") from None
+    data = data[:, 0]
+    if len(data) < length:
+        data = np.take(data, start + np.arange(length), mode="wrap")
+    return data
 
 
 def integrated_loudness(meter, signal):
@@ -319,7 +426,7 @@ class _Mixer:
     """
 
     def __init__(self, utterances, sample_rate, num_spks, segment, seed, rank,
-                 loudness=LOUDNESS_RANGE, max_amp=MAX_AMP):
+                 loudness=LOUDNESS_RANGE, max_amp=MAX_AMP, noises=()):
         self.sample_rate = int(sample_rate)
         self.num_spks = int(num_spks)
         self.segment = segment  # samples, or None for whole (shortest) utterances
@@ -329,6 +436,7 @@ class _Mixer:
         # (low, high): LibriMix's uniform draw; or a [mixtures, num_spks] table of levels.
         self.loudness = np.asarray(loudness, dtype=np.float64)
         self.max_amp = float(max_amp)
+        self.noises = list(noises)  # NoiseFile list; empty: clean mixtures
         by_speaker = {}
         for utt in utterances:
             by_speaker.setdefault(utt.speaker, []).append(utt)
@@ -344,7 +452,8 @@ class _Mixer:
         return self._meter
 
     def draw(self, index):
-        """The random choices for mixture ``index``: utterances, offsets, length, LUFS."""
+        """The random choices for mixture ``index``: utterances, offsets, length, LUFS, and
+        ``(NoiseFile, offset, LUFS)`` of the noise (None without a noise folder)."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, self.rank, int(index)]))
         chosen = rng.choice(len(self.speakers), size=self.num_spks, replace=False, p=self.speaker_weights)
         utterances = [self.by_speaker[s][rng.integers(len(self.by_speaker[s]))] for s in chosen]
@@ -355,33 +464,52 @@ class _Mixer:
             targets = [float(t) for t in rng.uniform(*self.loudness, size=self.num_spks)]
         else:  # the levels of one mixture of the training split, drawn together
             targets = [float(t) for t in self.loudness[rng.integers(len(self.loudness))]]
-        return utterances, starts, length, targets
+        noise = None
+        if self.noises:  # drawn last: without noise, every other draw is what it was before
+            chosen_noise = self.noises[rng.integers(len(self.noises))]
+            # A random crop; a file shorter than the segment is repeated from a random offset.
+            spare = chosen_noise.num_samples - length
+            start = int(rng.integers(0, spare + 1) if spare >= 0 else rng.integers(chosen_noise.num_samples))
+            noise = (chosen_noise, start, float(rng.uniform(*NOISE_LOUDNESS_RANGE)))
+        return utterances, starts, length, targets, noise
+
+    def _at_loudness(self, wav, target):
+        """``wav`` scaled to ``target`` LUFS, or to a ``max_amp`` peak if that would clip."""
+        loudness = integrated_loudness(self.meter(), wav)
+        # A silent segment has no level to set (its gain would be infinite).
+        gain = 10.0 ** ((target - loudness) / 20.0) if np.isfinite(loudness) else 1.0
+        peak = np.abs(wav).max()
+        if gain * peak >= 1.0:  # LibriMix: a source that would clip gets a 0.9 peak instead
+            gain = self.max_amp / peak
+        return wav * gain
 
     def __call__(self, index):
-        utterances, starts, length, targets = self.draw(index)
-        meter = self.meter()
-        sources = np.empty((self.num_spks, length))  # speaker-major: contiguous per source
+        utterances, starts, length, targets, noise_draw = self.draw(index)
+        # Speaker-major [num_spks (+ 1 noise row), time]: contiguous per signal.
+        signals = np.empty((self.num_spks + (noise_draw is not None), length))
         for k, (utt, start, target) in enumerate(zip(utterances, starts, targets)):
             wav = read_wav(utt.path, self.sample_rate, start, start + length).numpy().astype(np.float64)
-            loudness = integrated_loudness(meter, wav)
-            # A silent segment has no level to set (its gain would be infinite).
-            gain = 10.0 ** ((target - loudness) / 20.0) if np.isfinite(loudness) else 1.0
-            peak = np.abs(wav).max()
-            if gain * peak >= 1.0:  # LibriMix: a source that would clip gets a 0.9 peak instead
-                gain = self.max_amp / peak
-            sources[k] = wav * gain
-        mix_peak = np.abs(sources.sum(axis=0)).max()
+            signals[k] = self._at_loudness(wav, target)
+        if noise_draw is not None:
+            noise_file, start, target = noise_draw
+            signals[-1] = self._at_loudness(read_noise(noise_file, start, length), target)
+        mix_peak = np.abs(signals.sum(axis=0)).max()  # the noise counts: it is in the mixture
         peak_scale = self.max_amp / mix_peak if mix_peak > self.max_amp else 1.0
-        sources = torch.from_numpy(sources * peak_scale).to(torch.float32)
+        signals = torch.from_numpy(signals * peak_scale).to(torch.float32)
         if self.segment is not None and length < self.segment:  # short_policy="pad"
-            sources = torch.nn.functional.pad(sources, (0, self.segment - length))
+            signals = torch.nn.functional.pad(signals, (0, self.segment - length))
+        sources = signals[: self.num_spks]
+        noise = signals[self.num_spks] if noise_draw is not None else None
+        mix = sources.sum(dim=0)  # summed in float32: mix == the returned sources' sum (+ noise)
         return Mixture(
             mixture_id="_".join(u.utt_id for u in utterances),
-            mix=sources.sum(dim=0),  # summed in float32: mix == the returned sources' sum
+            mix=mix if noise is None else mix + noise,
             sources=sources.t(),  # [time, num_spks], SpeechBrain's layout (PaddedBatch stacks it)
             speakers=[u.speaker for u in utterances],
             target_lufs=targets,
             peak_scale=float(peak_scale),
+            noise=noise,
+            noise_lufs=None if noise_draw is None else noise_draw[2],
         )
 
 
@@ -406,6 +534,9 @@ class DynamicMixingDataset(DynamicItemDataset):
         Each source's loudness target (LUFS): drawn uniformly in ``[low, high]``
         (LibriMix's [-33, -25], the default), or a random row of this table
         (``split_loudness``).
+    noises : list of NoiseFile or None
+        Noise to add to every mixture (``noise_files``), at U[-38, -30] LUFS; the targets
+        stay the clean sources. Needed with ``num_spks=1`` (enhancement).
     seed : int
     rank : int or None
         The DDP process; None reads ``RANK`` from the environment (0 without DDP).
@@ -435,7 +566,10 @@ class DynamicMixingDataset(DynamicItemDataset):
 
     def __init__(self, utterances, sample_rate, num_spks, epoch_mixtures, segment_seconds=3.0,
                  short_policy="pad", seed=0, rank=None, where="dynamic mixing",
-                 loudness=LOUDNESS_RANGE):
+                 loudness=LOUDNESS_RANGE, noises=None):
+        if num_spks == 1 and not noises:
+            raise SpkSepError("dm_noise_folder: dynamic mixing with num_spks=1 needs noise "
+                              "(one clean source alone would be its own target)")
         if short_policy not in ("pad", "skip"):
             raise SpkSepError(f"short_policy: must be 'pad' or 'skip', got {short_policy!r}")
         if segment_seconds is not None and not segment_seconds > 0:
@@ -460,7 +594,8 @@ class DynamicMixingDataset(DynamicItemDataset):
         if loudness.shape != (2,) and (loudness.ndim != 2 or loudness.shape[1] != num_spks or not len(loudness)):
             raise SpkSepError(f"{where}: loudness must be (low, high) or a [mixtures, {num_spks}] "
                               f"table, got shape {loudness.shape}")
-        self.mixer = _Mixer(utterances, sample_rate, num_spks, segment, seed, rank, loudness)
+        self.mixer = _Mixer(utterances, sample_rate, num_spks, segment, seed, rank, loudness,
+                            noises=noises or ())
         # One row per item: its index is all a mixture is drawn from (with seed, epoch, rank).
         super().__init__({f"dm{i}": {"index": i} for i in range(epoch_mixtures)})
         self.add_dynamic_item(self.mixer, takes="index", provides="mixture")
@@ -487,8 +622,8 @@ def dynamic_mixing_set(train_csv, hparams):
     Keys read: ``sample_rate, num_spks, segment_seconds, short_policy, seed, dm_folder``
     (null: the training split's own sources), ``dm_epoch_mixtures`` (null: as many as the
     static training set), ``dm_loudness`` (``librimix``, the default, or ``train_split``),
-    and ``fixed_crops``, ``basic_cache_mb`` and
-    ``train_loader_opts: {persistent_workers}``, which must be off.
+    ``dm_noise_folder`` (null: no noise; else ``noise_files``), and ``fixed_crops``,
+    ``basic_cache_mb`` and ``train_loader_opts: {persistent_workers}``, which must be off.
 
     Example
     -------
@@ -528,11 +663,15 @@ def dynamic_mixing_set(train_csv, hparams):
     if rule not in ("librimix", "train_split"):
         raise SpkSepError(f"dm_loudness: must be 'librimix' or 'train_split', got {rule!r}")
     loudness = LOUDNESS_RANGE if rule == "librimix" else split_loudness(train_csv, num_spks, sample_rate)
+    noise_folder = hparams.get("dm_noise_folder")
+    noises = None if noise_folder is None else noise_files(noise_folder, sample_rate)
     dataset = DynamicMixingDataset(
         utterances, sample_rate, num_spks, epoch_mixtures, segment_seconds=segment_seconds,
         short_policy=short_policy, seed=hparams["seed"], where=where, loudness=loudness,
+        noises=noises,
     )
     logger.info("Dynamic mixing: %d mixtures per epoch from %d utterances of %d speakers (%s), "
-                "loudness as %s", len(dataset), sum(len(u) for u in dataset.mixer.by_speaker),
-                len(dataset.mixer.speakers), where, rule)
+                "loudness as %s%s", len(dataset), sum(len(u) for u in dataset.mixer.by_speaker),
+                len(dataset.mixer.speakers), where, rule,
+                "" if noises is None else f", noise from {len(noises)} files ({noise_folder})")
     return dataset

@@ -3,13 +3,24 @@
 SpeechBrain's own LibriMix preparation is tied to one configuration; this one reads the
 layout that LibriMix's scripts write, for every variant:
 
-    Libri2Mix/wav{8k,16k}/{min,max}/{train-100,train-360,dev,test}/{mix_clean,s1,s2[,s3]}/ID.wav
-    Libri2Mix/wav{8k,16k}/{min,max}/metadata/mixture_<split>_mix_clean.csv
+    Libri2Mix/wav{8k,16k}/{min,max}/{train-100,train-360,dev,test}/<mixture_type>/ID.wav
+    Libri2Mix/wav{8k,16k}/{min,max}/{train-100,train-360,dev,test}/{s1,s2[,s3],noise}/ID.wav
+    Libri2Mix/wav{8k,16k}/{min,max}/metadata/mixture_<split>_<mixture_type>.csv
 
 and writes ``save_folder/<name>.csv`` with the columns
 ``ID,duration,mix_wav,s1_wav,s2_wav[,s3_wav],spk1,spk2[,spk3]`` (duration in seconds,
 absolute paths, speakers from the mixture ID ``<utt1>_<utt2>`` where each LibriSpeech
 utterance ID is ``speaker-chapter-utterance``).
+
+The mixture type picks what the model hears; the targets are always clean sources:
+
+    mix_clean   s1 + ... + sC           separation (the paper's task)
+    mix_both    s1 + ... + sC + noise   noisy separation (WHAM! noise), targets s1 ... sC
+    mix_single  s1 + noise              one-speaker enhancement (num_spks=1), target s1
+
+LibriMix writes every type from the same sources and noise, keeps the ``Libri{n}Mix``
+mixture ID for ``mix_single`` (``<utt1>_<utt2>``: its speaker is the first), and lists the
+noise in the noisy types' metadata (``noise_path``), which this preparation does not need.
 
 Everything that would otherwise fail hours into training is checked here, and each
 problem is one :class:`SpkSepError` line naming the file or folder.
@@ -40,18 +51,21 @@ from spksep_modules import SpkSepError
 from spksep_modules.audio import _reason
 
 DEFAULT_SPLITS = {"train": "train-100", "valid": "dev", "test": "test"}
+MIXTURE_TYPES = ("mix_clean", "mix_both", "mix_single")
 _STATE_FILE = "librimix_prepare.json"
 _FORMAT_VERSION = 2  # 2: truncation, NaN/Inf and metadata-path checks
 
 
-def check_librimix_options(num_spks, sample_rate, mode):
-    """The LibriMix variants that exist: 2 or 3 speakers, 8 or 16 kHz, min or max mode.
+def check_librimix_options(num_spks, sample_rate, mode, mixture_type="mix_clean"):
+    """The LibriMix variants that exist: 2 or 3 speakers, 8 or 16 kHz, min or max mode, and
+    a mixture type with as many clean targets as ``num_spks`` (``mix_single``: 1).
 
     Arguments
     ---------
     num_spks : int
     sample_rate : int
     mode : str
+    mixture_type : "mix_clean" | "mix_both" | "mix_single"
 
     Returns
     -------
@@ -64,8 +78,20 @@ def check_librimix_options(num_spks, sample_rate, mode):
     Traceback (most recent call last):
     ...
     spksep_modules.SpkSepError: sample_rate: LibriMix comes at 8000 or 16000 Hz, got 44100
+    >>> check_librimix_options(2, 16000, "min", "mix_single")
+    Traceback (most recent call last):
+    ...
+    spksep_modules.SpkSepError: mixture_type: mix_single is s1 + noise, one target: set num_spks=1, got 2
     """
-    if num_spks not in (2, 3):
+    if mixture_type not in MIXTURE_TYPES:
+        raise SpkSepError(f"mixture_type: must be one of {', '.join(MIXTURE_TYPES)}, got {mixture_type!r}")
+    if mixture_type == "mix_single":
+        if num_spks != 1:
+            raise SpkSepError(f"mixture_type: mix_single is s1 + noise, one target: set num_spks=1, got {num_spks}")
+    elif num_spks == 1:
+        raise SpkSepError(f"num_spks: 1 is for mixture_type=mix_single (s1 + noise); {mixture_type} "
+                          "mixes 2 or 3 speakers")
+    elif num_spks not in (2, 3):
         raise SpkSepError(f"num_spks: must be 2 or 3 (Libri2Mix / Libri3Mix), got {num_spks}")
     if sample_rate not in (8000, 16000):
         raise SpkSepError(f"sample_rate: LibriMix comes at 8000 or 16000 Hz, got {sample_rate}")
@@ -81,6 +107,7 @@ def prepare_librimix(
     num_spks=2,
     splits=None,
     verify="header",
+    mixture_type="mix_clean",
 ):
     """Write SpeechBrain CSVs for the LibriMix variant chosen by the arguments.
 
@@ -88,14 +115,16 @@ def prepare_librimix(
     ---------
     data_folder : str or Path
         The ``Libri2Mix`` folder itself (holding ``wav16k``...) or its parent (holding
-        ``Libri2Mix``; ``Libri3Mix`` when ``num_spks=3``).
+        ``Libri2Mix``; ``Libri3Mix`` when ``num_spks=3``; for ``mix_single``, ``Libri2Mix``
+        or else ``Libri3Mix``).
     save_folder : str or Path
         Receives ``<name>.csv`` per split and a small JSON that records what they were
         made from; while that is unchanged, the call returns without rewriting.
     sample_rate : 8000 | 16000
         Picks ``wav8k`` or ``wav16k``.
     mode : "min" | "max"
-    num_spks : 2 | 3
+    num_spks : 1 | 2 | 3
+        Clean targets per mixture: 2 or 3, or 1 with ``mixture_type="mix_single"``.
     splits : dict name -> LibriMix split folder
         Default ``{"train": "train-100", "valid": "dev", "test": "test"}``.
     verify : "header" | "exists"
@@ -103,6 +132,10 @@ def prepare_librimix(
         truncated, equal lengths of mixture and sources (and the metadata's ``length``),
         and read floating-point files in full for NaN/Inf samples. "exists": only check
         that every file exists.
+    mixture_type : "mix_clean" | "mix_both" | "mix_single"
+        The folder the mixtures (``mix_wav``) are read from (module docstring); the
+        sources are ``s1 ... s<num_spks>`` in every case. The CSVs are rewritten when it
+        changes.
 
     Returns
     -------
@@ -120,6 +153,15 @@ def prepare_librimix(
     ...         rows = list(csv.DictReader(f))
     >>> sorted(csvs), len(rows), list(rows[0])
     (['test', 'train', 'valid'], 2, ['ID', 'duration', 'mix_wav', 's1_wav', 's2_wav', 'spk1', 'spk2'])
+    >>> with tempfile.TemporaryDirectory() as tmp:  # the noisy variant: mix_both, mix_single
+    ...     root = make_demo_data(tmp, 2, 1, 1, seconds=0.5, sample_rate=8000, num_train_speakers=2,
+    ...                           num_dev_speakers=2, num_test_speakers=2, noise=True)
+    ...     csvs = prepare_librimix(root, os.path.join(tmp, "csv"), 8000, num_spks=1,
+    ...                             mixture_type="mix_single")
+    ...     with open(csvs["train"], newline="") as f:
+    ...         row = next(csv.DictReader(f))
+    >>> list(row), os.path.basename(os.path.dirname(row["mix_wav"]))
+    (['ID', 'duration', 'mix_wav', 's1_wav', 'spk1'], 'mix_single')
     >>> prepare_librimix("no_such_folder", "csv")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -130,27 +172,27 @@ def prepare_librimix(
     if splits is not None and not isinstance(splits, dict):
         raise SpkSepError(f"splits: expected a mapping such as {DEFAULT_SPLITS}, got {splits!r}")
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
-    check_librimix_options(num_spks, sample_rate, mode)
+    check_librimix_options(num_spks, sample_rate, mode, mixture_type)
     if verify not in ("header", "exists"):
         raise SpkSepError(f"verify: must be 'header' or 'exists', got {verify!r}")
     if not splits:
         raise SpkSepError("splits: no split requested")
 
     root = _find_root(os.path.abspath(os.fspath(data_folder)), num_spks)
-    base = os.path.join(root, f"wav{sample_rate // 1000}k", mode)
+    layout = _Layout(os.path.join(root, f"wav{sample_rate // 1000}k", mode), mixture_type, num_spks)
     save_folder = os.path.abspath(os.fspath(save_folder))
     out_paths = {name: os.path.join(save_folder, f"{name}.csv") for name in splits}
 
-    sources = _source_dirs(num_spks)
     state = {
         "format": _FORMAT_VERSION,
         "root": root,
         "sample_rate": sample_rate,
         "mode": mode,
         "num_spks": num_spks,
+        "mixture_type": mixture_type,  # same CSV names for every type: a change rewrites them
         "splits": splits,
         "verify": verify,
-        "inputs": {name: _input_stamp(base, split, sources) for name, split in splits.items()},
+        "inputs": {name: _input_stamp(layout, split) for name, split in splits.items()},
     }
     state_path = os.path.join(save_folder, _STATE_FILE)
     if _read_state(state_path) == state and all(os.path.isfile(p) for p in out_paths.values()):
@@ -158,7 +200,7 @@ def prepare_librimix(
 
     # Build every split before writing any, so a failure leaves nothing half-updated.
     tables = {
-        name: _collect_split(base, split, sample_rate, num_spks, verify)
+        name: _collect_split(layout, split, sample_rate, verify)
         for name, split in splits.items()
     }
     os.makedirs(save_folder, exist_ok=True)
@@ -211,7 +253,8 @@ def _source_dirs(num_spks):
 
 
 def _find_root(folder, num_spks):
-    """The ``Libri{n}Mix`` folder: ``folder`` itself or its ``Libri{n}Mix`` child."""
+    """The ``Libri{n}Mix`` folder: ``folder`` itself or its ``Libri{n}Mix`` child
+    (``num_spks=1``, ``mix_single``: ``Libri2Mix``, else ``Libri3Mix``; both have one)."""
     if not os.path.isdir(folder):
         raise SpkSepError(f"{folder}: data folder not found")
 
@@ -220,20 +263,36 @@ def _find_root(folder, num_spks):
 
     if is_root(folder):
         return folder
-    child = os.path.join(folder, f"Libri{num_spks}Mix")
-    if is_root(child):
-        return child
+    names = ["Libri2Mix", "Libri3Mix"] if num_spks == 1 else [f"Libri{num_spks}Mix"]
+    for name in names:
+        if is_root(os.path.join(folder, name)):
+            return os.path.join(folder, name)
     raise SpkSepError(
         f"{folder}: not a LibriMix folder (expected a wav16k/wav8k folder in it, "
-        f"or in a Libri{num_spks}Mix folder under it)"
+        f"or in a {' or '.join(names)} folder under it)"
     )
 
 
-def _metadata_path(base, split):
-    return os.path.join(base, "metadata", f"mixture_{split}_mix_clean.csv")
+class _Layout:
+    """Where one variant's files are: ``base`` is ``<root>/wav16k/min`` (say); ``mix`` the
+    mixture folder's name (the mixture type), ``sources`` the target folders' names."""
+
+    def __init__(self, base, mixture_type, num_spks):
+        self.base, self.mix, self.num_spks = base, mixture_type, num_spks
+        self.sources = _source_dirs(num_spks)
+
+    def metadata(self, split):
+        return os.path.join(self.base, "metadata", f"mixture_{split}_{self.mix}.csv")
+
+    def speakers(self, mixture_id, where):
+        """The targets' speakers. A mix_single mixture keeps its ``Libri{n}Mix`` ID (n
+        utterances: the file name it shares with mix_clean); its one target is the first."""
+        if self.mix != "mix_single":
+            return speakers_from_mixture_id(mixture_id, self.num_spks, where)
+        return speakers_from_mixture_id(mixture_id, len(mixture_id.split("_")), where)[:1]
 
 
-def _input_stamp(base, split, sources):
+def _input_stamp(layout, split):
     """What decides whether the CSVs are stale: metadata and folder modification times.
 
     A folder's mtime changes when files are added, removed or renamed in it (not when a
@@ -245,9 +304,9 @@ def _input_stamp(base, split, sources):
         except OSError:
             return None
 
-    split_dir = os.path.join(base, split)
-    stamp = {"metadata": mtime(_metadata_path(base, split))}
-    for sub in ["mix_clean"] + sources:
+    split_dir = os.path.join(layout.base, split)
+    stamp = {"metadata": mtime(layout.metadata(split))}
+    for sub in [layout.mix] + layout.sources:
         stamp[sub] = mtime(os.path.join(split_dir, sub))
     return stamp
 
@@ -260,32 +319,38 @@ def _read_state(path):
         return None
 
 
-def _collect_split(base, split, sample_rate, num_spks, verify):
+def _collect_split(layout, split, sample_rate, verify):
     """Rows ``(ID, num_samples, mix_path, [source paths], [speakers])`` of one split."""
-    split_dir = os.path.join(base, split)
+    num_spks = layout.num_spks
+    split_dir = os.path.join(layout.base, split)
     if not os.path.isdir(split_dir):
         raise SpkSepError(f"{split_dir}: split folder not found")
-    sources = _source_dirs(num_spks)
-    for sub in ["mix_clean"] + sources:
+    mix_dir = os.path.join(split_dir, layout.mix)
+    if not os.path.isdir(mix_dir):
+        # The noisy types exist only where LibriMix was generated with them (--types).
+        hint = "" if layout.mix == "mix_clean" else f" (generate LibriMix with {layout.mix} in --types)"
+        raise SpkSepError(f"{mix_dir}: folder not found (mixture_type={layout.mix}){hint}")
+    for sub in layout.sources:
         if not os.path.isdir(os.path.join(split_dir, sub)):
             raise SpkSepError(f"{os.path.join(split_dir, sub)}: folder not found (num_spks={num_spks})")
     extra = os.path.join(split_dir, f"s{num_spks + 1}")
-    if os.path.isdir(extra):
+    # mix_single has one target, but LibriMix writes every speaker's folder beside it.
+    if os.path.isdir(extra) and layout.mix != "mix_single":
         raise SpkSepError(f"{extra}: exists, but num_spks={num_spks} (mismatched speaker count)")
 
-    meta = _metadata_path(base, split)
+    meta = layout.metadata(split)
     if os.path.isfile(meta):
-        entries = _read_metadata(meta, split_dir, num_spks)
+        entries = _read_metadata(meta, split_dir, layout)
         where = meta
     else:
-        entries = _scan_split(split_dir, num_spks)
-        where = os.path.join(split_dir, "mix_clean")
+        entries = _scan_split(split_dir, layout)
+        where = mix_dir
     if not entries:
         raise SpkSepError(f"{where}: split {split!r} has no mixtures")
 
     rows = []
     for mixture_id, paths, length in entries:
-        speakers = speakers_from_mixture_id(mixture_id, num_spks, where)
+        speakers = layout.speakers(mixture_id, where)
         for path in paths:
             if not os.path.isfile(path):
                 raise SpkSepError(f"{path}: file not found (mixture {mixture_id})")
@@ -295,7 +360,7 @@ def _collect_split(base, split, sample_rate, num_spks, verify):
     return rows
 
 
-def _read_metadata(meta, split_dir, num_spks):
+def _read_metadata(meta, split_dir, layout):
     """Entries ``(ID, [mix, s1, ...] paths, length)`` from a LibriMix metadata CSV.
 
     LibriMix writes absolute paths of the machine that generated the data. Files are
@@ -303,6 +368,7 @@ def _read_metadata(meta, split_dir, num_spks):
     copied dataset is read where it is now. A file missing here that still exists at the
     recorded path is an error: training would otherwise read part of another copy.
     """
+    num_spks = layout.num_spks
     columns = ["mixture_path"] + [f"source_{i + 1}_path" for i in range(num_spks)]
     try:
         with open(meta, newline="", encoding="utf-8") as f:
@@ -317,7 +383,7 @@ def _read_metadata(meta, split_dir, num_spks):
     if f"source_{num_spks + 1}_path" in header:
         raise SpkSepError(f"{meta}: mismatched CSV, it has source_{num_spks + 1}_path but num_spks={num_spks}")
 
-    subdirs = ["mix_clean"] + _source_dirs(num_spks)
+    subdirs = [layout.mix] + layout.sources
     entries, seen, elsewhere = [], set(), []
     for line, row in enumerate(rows, start=2):
         mixture_id = (row.get("mixture_ID") or "").strip()
@@ -353,14 +419,14 @@ def _read_metadata(meta, split_dir, num_spks):
     return entries
 
 
-def _scan_split(split_dir, num_spks):
-    """Entries from the ``mix_clean/*.wav`` files when no metadata CSV exists."""
-    mix_dir = os.path.join(split_dir, "mix_clean")
+def _scan_split(split_dir, layout):
+    """Entries from the ``<mixture_type>/*.wav`` files when no metadata CSV exists."""
+    mix_dir = os.path.join(split_dir, layout.mix)
     names = sorted(n for n in os.listdir(mix_dir) if n.lower().endswith(".wav"))
     return [
         (
             os.path.splitext(name)[0],
-            [os.path.join(mix_dir, name)] + [os.path.join(split_dir, s, name) for s in _source_dirs(num_spks)],
+            [os.path.join(mix_dir, name)] + [os.path.join(split_dir, s, name) for s in layout.sources],
             None,
         )
         for name in names

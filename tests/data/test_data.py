@@ -441,3 +441,94 @@ def test_pipeline_errors(csvs, demo, tmp_path):
     sf.write(row["s1_wav"], np.zeros(100, np.int16), SR, subtype="PCM_16")
     expect_error("length mismatch", row["s1_wav"], lambda: data["test"][0])
     expect_error("8000 Hz expected", row["mix_wav"], lambda: build_datasets(csvs, 8000, 2)["test"][0])
+
+
+# ---------------------------------------------------------------- noisy types: mix_both, mix_single
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    """The tiny Libri2Mix with LibriMix's noisy types (mix_both, mix_single, noise)."""
+    return make_demo_data(tmp_path_factory.mktemp("noisy"), **TINY, noise=True)
+
+
+def test_noisy_demo_writes_librimix_noisy_types(noisy, demo_master):
+    assert not os.path.exists(os.path.join(base(demo_master), "test", "mix_both"))  # default: clean only
+    headers = {"mix_both": ["mixture_ID", "mixture_path", "source_1_path", "source_2_path", "noise_path", "length"],
+               "mix_single": ["mixture_ID", "mixture_path", "source_1_path", "noise_path", "length"]}
+    snrs = []
+    for split, count in zip(SPLIT_DIRS, (6, 2, 2)):
+        for mix_type, header in headers.items():
+            meta = os.path.join(base(noisy), "metadata", f"mixture_{split}_{mix_type}.csv")
+            with open(meta, newline="") as f:
+                assert next(csv.reader(f)) == header
+            assert [r["mixture_ID"] for r in read_rows(meta)] == [
+                r["mixture_ID"] for r in read_rows(meta.replace(mix_type, "mix_clean"))]
+            assert len(read_rows(meta)) == count
+        for name in os.listdir(os.path.join(base(noisy), split, "mix_both")):
+            wav = {sub: sf.read(os.path.join(base(noisy), split, sub, name), dtype="int16")[0].astype(int)
+                   for sub in ("mix_clean", "mix_both", "mix_single", "s1", "s2", "noise")}
+            assert np.array_equal(wav["mix_clean"], wav["s1"] + wav["s2"])  # exact, as read back
+            assert np.array_equal(wav["mix_both"], wav["s1"] + wav["s2"] + wav["noise"])
+            assert np.array_equal(wav["mix_single"], wav["s1"] + wav["noise"])
+            assert max(np.abs(w).max() for w in wav.values()) <= 0.9 * 32768 + 1
+            snrs.append(10 * np.log10(np.mean(wav["s1"] ** 2.0) / np.mean(wav["noise"] ** 2.0)))
+    # each speaker 5 dB above the noise on average (LibriMix: speech -29, noise -34 LUFS mean)
+    assert 2 < np.mean(snrs) < 8 and min(snrs) > -5
+
+
+@pytest.mark.parametrize("mixture_type, num_spks", [("mix_clean", 2), ("mix_both", 2), ("mix_single", 1)])
+def test_prepare_each_mixture_type(noisy, tmp_path, mixture_type, num_spks):
+    # the parent folder: mix_single (num_spks=1) finds Libri2Mix too
+    paths = prepare_librimix(os.path.dirname(noisy), tmp_path / "a", num_spks=num_spks,
+                             mixture_type=mixture_type)
+    for name, path in paths.items():
+        rows = read_rows(path)
+        assert list(rows[0]) == (["ID", "duration", "mix_wav"] + [f"s{i + 1}_wav" for i in range(num_spks)]
+                                 + [f"spk{i + 1}" for i in range(num_spks)])
+        for row in rows:
+            assert os.path.basename(os.path.dirname(row["mix_wav"])) == mixture_type
+            for i in range(num_spks):  # the targets: the clean sources
+                assert row[f"s{i + 1}_wav"] == row["mix_wav"].replace(mixture_type, f"s{i + 1}")
+            speakers = [u.split("-")[0] for u in row["ID"].split("_")]  # the Libri2Mix ID, always
+            assert [row[f"spk{i + 1}"] for i in range(num_spks)] == speakers[:num_spks]
+    # without metadata (scanning the mixture folder): the same rows
+    copy = str(tmp_path / "copy" / "Libri2Mix")
+    shutil.copytree(noisy, copy)
+    shutil.rmtree(os.path.join(base(copy), "metadata"))
+    scanned = prepare_librimix(copy, tmp_path / "b", num_spks=num_spks, mixture_type=mixture_type)
+    for name in paths:
+        assert sorted((r["ID"], r["mix_wav"].replace(copy, noisy)) for r in read_rows(scanned[name])) == sorted(
+            (r["ID"], r["mix_wav"]) for r in read_rows(paths[name]))
+
+
+def test_prepare_rewrites_csvs_when_the_mixture_type_changes(noisy, tmp_path):
+    save = tmp_path / "save"
+    for mixture_type in ("mix_clean", "mix_both", "mix_clean"):
+        paths = prepare_librimix(noisy, save, verify="exists", mixture_type=mixture_type)
+        assert all(f"/{mixture_type}/" in r["mix_wav"] for r in read_rows(paths["train"]))
+    single = prepare_librimix(noisy, save, verify="exists", num_spks=1, mixture_type="mix_single")
+    assert "s2_wav" not in read_rows(single["test"])[0]
+
+
+def test_mixture_type_errors(noisy, demo_master, tmp_path):
+    save = tmp_path / "save"
+    missing = os.path.join(base(demo_master), "train-100", "mix_both")
+    text = expect_error("folder not found (mixture_type=mix_both)", missing, prepare_librimix,
+                        demo_master, save, mixture_type="mix_both")
+    assert "--types" in text
+    expect_error("set num_spks=1, got 2", "mixture_type: mix_single", prepare_librimix, noisy, save,
+                 mixture_type="mix_single")
+    expect_error("1 is for mixture_type=mix_single", "num_spks", prepare_librimix, noisy, save,
+                 num_spks=1, mixture_type="mix_both")
+    expect_error("must be one of mix_clean, mix_both, mix_single", "mixture_type", prepare_librimix,
+                 noisy, save, mixture_type="noisy")
+    assert not os.path.exists(save)
+    # a noisy metadata CSV without the target column it needs: named
+    copy = str(tmp_path / "copy" / "Libri2Mix")
+    shutil.copytree(noisy, copy)
+    meta = os.path.join(base(copy), "metadata", "mixture_dev_mix_single.csv")
+    lines = open(meta).read().split("\n", 1)
+    open(meta, "w").write(lines[0].replace("source_1_path", "speech") + "\n" + lines[1])
+    expect_error("missing column(s) source_1_path", meta, prepare_librimix, copy, save, num_spks=1,
+                 mixture_type="mix_single")

@@ -22,11 +22,13 @@ from spksep_modules.data.demo import make_demo_data
 from spksep_modules.data.dynamic_mixing import (
     LOUDNESS_RANGE,
     MAX_AMP,
+    NOISE_LOUDNESS_RANGE,
     DynamicMixingDataset,
     Utterance,
     dynamic_mixing_set,
     folder_utterances,
     integrated_loudness,
+    noise_files,
     split_loudness,
     split_utterances,
 )
@@ -295,6 +297,72 @@ def test_recipe_keys_epoch_length_and_refusals(demo):
                  {**hparams, "dm_loudness": "lufs"})
     split = dynamic_mixing_set(train_csv, {**hparams, "dm_loudness": "train_split"})
     assert split.mixer.loudness.shape == (NUM_TRAIN, 2)
+
+
+# ---------------------------------------------------------------- noise (dm_noise_folder)
+
+
+@pytest.fixture(scope="module")
+def noise_folder(tmp_path_factory):
+    """Two noise files: a stereo one longer than a segment (as WHAM!'s are) and, one level
+    down, a mono one shorter than a segment (repeated to fill it)."""
+    folder = tmp_path_factory.mktemp("noise")
+    rng = np.random.default_rng(0)
+    sf.write(folder / "cafe.wav", 0.1 * rng.standard_normal((2 * SR, 2)), SR)
+    (folder / "street").mkdir()
+    sf.write(folder / "street" / "short.flac", 0.05 * rng.standard_normal(SR // 4), SR)
+    return folder
+
+
+def test_noise_is_added_at_librimix_noise_level_and_the_targets_stay_clean(utterances, noise_folder):
+    assert NOISE_LOUDNESS_RANGE == (-38.0, -30.0)  # LibriMix: the speech's range, 5 dB lower
+    noises = noise_files(noise_folder, SR)
+    assert [(os.path.basename(n.path), n.num_samples) for n in noises] == [("cafe.wav", 2 * SR),
+                                                                          ("short.flac", SR // 4)]
+    noisy, clean = dataset(utterances, noises=noises), dataset(utterances)
+    meter, used = pyloudnorm.Meter(SR), set()
+    for i in range(8):
+        mixture, without = noisy.mixture(i), clean.mixture(i)
+        used.add(noisy.mixer.draw(i)[4][0].path)
+        # the same speech is drawn as without noise (the noise is drawn last) ...
+        assert (mixture.mixture_id, mixture.target_lufs) == (without.mixture_id, without.target_lufs)
+        # ... the noise is in the mixture only, the targets are the clean sources
+        assert torch.equal(mixture.mix, mixture.sources.sum(-1) + mixture.noise)
+        assert torch.allclose(mixture.sources, without.sources * mixture.peak_scale / without.peak_scale,
+                              atol=1e-6)
+        assert NOISE_LOUDNESS_RANGE[0] <= mixture.noise_lufs <= NOISE_LOUDNESS_RANGE[1]
+        measured = integrated_loudness(meter, mixture.noise.numpy().astype(np.float64))
+        assert measured == pytest.approx(mixture.noise_lufs + 20 * np.log10(mixture.peak_scale), abs=0.05)
+        assert torch.equal(noisy[i]["mix_sig"], mixture.mix)
+    assert len(used) == 2  # both files drawn; the short one repeated to the segment's length
+
+
+def test_one_speaker_enhancement_mixtures_and_noise_errors(demo, utterances, noise_folder, tmp_path):
+    one = split_utterances(demo[1]["train"], 1, SR)  # s1 only: what a mix_single CSV gives
+    with open(demo[1]["train"], newline="") as f:
+        assert {u.utt_id for u in one} == {row["ID"].split("_")[0] for row in csv.DictReader(f)}
+    data = DynamicMixingDataset(one, SR, 1, 4, segment_seconds=0.5, seed=3, rank=0,
+                                noises=noise_files(noise_folder, SR))
+    data.set_epoch(1)
+    item = data[0]
+    assert item["sources"].shape == (SR // 2, 1) and len(item["spk_ids"]) == 1
+    assert torch.allclose(item["mix_sig"], item["sources"][:, 0] + data.mixture(0).noise)
+    # one source and no noise: the mixture would be its own target
+    with pytest.raises(SpkSepError, match="dm_noise_folder: dynamic mixing with num_spks=1 needs noise"):
+        DynamicMixingDataset(one, SR, 1, 4)
+    expect_error("dm_noise_folder not found", tmp_path / "missing", noise_files, tmp_path / "missing", SR)
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no audio here")
+    expect_error("holds no .wav or .flac files", tmp_path / "empty", noise_files, tmp_path / "empty", SR)
+    sf.write(tmp_path / "empty" / "sub" / "n8k.wav", np.zeros(800), 8000)
+    expect_error("16000 Hz expected, file is 8000 Hz", tmp_path / "empty" / "sub" / "n8k.wav",
+                 noise_files, tmp_path / "empty", SR)
+    # the recipe key: dynamic_mixing_set reads dm_noise_folder from the hparams train.py passes
+    hparams = {"sample_rate": SR, "num_spks": 2, "segment_seconds": 0.5, "short_policy": "pad",
+               "seed": 1, "dm_folder": None, "dm_epoch_mixtures": 3, "dm_noise_folder": str(noise_folder)}
+    assert len(dynamic_mixing_set(demo[1]["train"], hparams).mixer.noises) == 2
+    expect_error("dm_noise_folder not found", tmp_path / "missing", dynamic_mixing_set, demo[1]["train"],
+                 {**hparams, "dm_noise_folder": str(tmp_path / "missing")})
 
 
 # ---------------------------------------------------------------- train.py end to end

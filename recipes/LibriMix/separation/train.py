@@ -4,6 +4,7 @@
     python train.py hparams/convtasnet.yaml --data_folder=/data/Libri2Mix
     torchrun --standalone --nproc_per_node=2 train.py hparams/conditioning.yaml ...
     python train.py hparams/convtasnet.yaml --data_folder=... --test_only   # evaluate a run
+    python train.py hparams/convtasnet.yaml --data_folder=... --mixture_type=mix_both   # noisy
 
 Every model is a yaml file (see spksep_modules/recipe.py for `extends`); this script only wires data, Brain and checkpointer together.
 """
@@ -38,6 +39,7 @@ def main(argv):
             "mode": hparams["mode"],
             "num_spks": hparams["num_spks"],
             "splits": hparams["splits"],
+            "mixture_type": hparams["mixture_type"],  # the folder the mixtures come from
         },
     )
     datasets = build_datasets(
