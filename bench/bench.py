@@ -23,9 +23,17 @@
 
 Each part runs in its own process so that peak memory is measured per model. Ratios are
 what to read: absolute times depend on the machine and on what else it runs.
+
+Users' CPUs differ: most stop at AVX2, where oneDNN and ATen take other kernels than on a
+CPU with AVX-512 or AMX. So every part runs twice, under the machine's full instruction set
+and limited to AVX2 at start-up (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``), and
+each section starts with the CPU model and the flags that decide the kernels.
+``--isa full`` or ``--isa avx2`` runs one of them; ``--parts`` a few parts.
 """
 
+import argparse
 import os
+import platform
 import subprocess
 import sys
 
@@ -33,12 +41,47 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PARTS = ["bench_convtasnet.py", "bench_perceptual.py", "bench_rtf.py", "bench_sepformer.py",
          "bench_streaming.py", "bench_training_scale.py", "bench_dynamic_mixing.py",
          "bench_time_to_quality.py"]
+ISA_LIMITS = {"full": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
+# The CPU flags that change which kernels oneDNN and ATen run.
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                "amx_tile", "amx_bf16", "amx_int8")
 
 
-def main():
-    for part in PARTS:  # each script has its own options: run it alone with --help
-        print(f"\n## {part}\n", flush=True)
-        subprocess.run([sys.executable, os.path.join(HERE, part)], check=True)
+def cpu_description() -> str:
+    """'<model>; flags: avx2 avx512f ...' from /proc/cpuinfo (the platform's name elsewhere).
+
+    Example
+    -------
+    >>> cpu_description().count("flags:") == 1
+    True
+    """
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return f"{model}; flags: {' '.join(f for f in KERNEL_FLAGS if f in flags) or 'none of ' + ', '.join(KERNEL_FLAGS)}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--isa", nargs="+", choices=list(ISA_LIMITS), default=list(ISA_LIMITS))
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS)
+    args = parser.parse_args(argv)
+    for isa in args.isa:
+        env = dict(os.environ, **ISA_LIMITS[isa])
+        print(f"\n# Instruction set: {isa} {ISA_LIMITS[isa] or ''}\n# CPU: {cpu_description()}",
+              flush=True)
+        for part in args.parts:  # each script has its own options: run it alone with --help
+            print(f"\n## {part} ({isa})\n", flush=True)
+            subprocess.run([sys.executable, os.path.join(HERE, part)], check=True, env=env)
 
 
 if __name__ == "__main__":

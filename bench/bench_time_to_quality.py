@@ -20,6 +20,12 @@ Variants (``--variants``), each changing one thing in one before it:
   the first 3% of it to ``--peak_lr``, then a cosine decay to zero at its end.
 - ``ours+decay``: the same schedule at SpeechBrain's rate: warm-up to ``--lr`` (not
   ``--peak_lr``), then cosine to zero at the budget's end; ``ours+decay2x`` peaks at twice it.
+- ``train.py``: the user's path: ``recipes/LibriMix/separation/train.py
+  hparams/convtasnet.yaml`` at the same sizes, one run per budget with ``budget_minutes``
+  (``spksep_modules.budget``; ``--optimizer_step_limit`` with ``--clock steps``), its
+  validation (dev utterances cut to ``--valid_seconds``), checkpoints and best-checkpoint
+  selection included in the budget, tested by the recipe itself; ``train.py+cooldown``
+  adds ``cooldown: 0.15``.
 - ``ours+ema``: ``ours``, evaluated with an exponential moving average of its weights
   (decay 0.99 per step, ``torch.optim.swa_utils``): it smooths the step-to-step noise of
   a constant-rate run.
@@ -105,8 +111,10 @@ VARIANTS = {
                               cooldown=0.15),
 }
 RECIPE = os.path.join(REPO, "recipes", "LibriMix", "separation")
-# What `make bench` runs; the learning-rate ablations (NOTES.md) are there for --variants.
-DEFAULT_VARIANTS = ["speechbrain", "ours", "ours+bf16", "ours+bf16+cooldown"]
+# What `make bench` runs: SpeechBrain's model, ours in the same plain loop, and ours through
+# the user's path (train.py). The learning-rate, dynamic-mixing and bf16 ablations
+# (NOTES.md; bf16 products pay only with AMX) are there for --variants.
+DEFAULT_VARIANTS = ["speechbrain", "ours+cooldown", "train.py+cooldown"]
 SIZES = dict(N=128, L=16, B=64, H=128, P=3, X=6, R=2)
 # The demo's data (spksep_modules/demo.py): enough speakers for a small model to
 # generalise to the unseen test speakers.
