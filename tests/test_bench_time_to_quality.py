@@ -118,3 +118,29 @@ def test_cooldown_variant_scores_a_branch_at_each_budget(ttq, tmp_path, monkeypa
     assert [r["steps"] for r in cooled] == [r["steps"] for r in ours] == [2, 4]
     assert [r["epochs"] for r in cooled] == [1, 1]  # branched off at steps 1 and 2 of the run
     assert all(c["si_snr_i"] != o["si_snr_i"] for c, o in zip(cooled, ours))
+
+
+def test_recipe_variant_runs_train_py_per_budget_and_pairs_with_the_plain_loop(ttq, tmp_path):
+    data = make_demo_data(str(tmp_path / "data"), num_train=8, num_dev=2, num_test=2,
+                          seconds=1.0, sample_rate=8000, num_train_speakers=4,
+                          num_dev_speakers=2, num_test_speakers=2)
+    out = tmp_path / "out"
+    argv = ["--data", data, "--out", str(out), "--sample_rate", "8000", "--clock", "steps",
+            "--budgets", "3", "--segment", "0.5", "--valid_seconds", "0.5",
+            "--variants", "speechbrain", "train.py+cooldown"]
+    args = ttq.parse_args(argv)
+    os.makedirs(out)
+    threads = torch.get_num_threads()
+    try:
+        for name in args.variants:
+            ttq.train_variant(name, args)
+    finally:
+        torch.set_num_threads(threads)
+    recipe = json.loads((out / "train.py+cooldown.json").read_text())["results"]
+    # the recipe stopped at the step budget, and its test rows came back per mixture
+    assert [r["steps"] for r in recipe] == [3]
+    assert len(recipe[0]["per_mixture"]["si_snr_i"]) == 2
+    run = out / "recipe" / "train.py+cooldown-seed0-3"
+    assert "cooldown: 0.15" in (run / "hyperparams.yaml").read_text()
+    table = ttq.table(args)
+    assert "| train.py+cooldown |" in table and "[" in table.splitlines()[-1]  # paired interval
