@@ -25,7 +25,7 @@ Variants (``--variants``), each changing one thing in one before it:
   (``spksep_modules.budget``; ``--optimizer_step_limit`` with ``--clock steps``), its
   validation (dev utterances cut to ``--valid_seconds``), checkpoints and best-checkpoint
   selection included in the budget, tested by the recipe itself; ``train.py+cooldown``
-  adds ``cooldown: 0.15``.
+  adds ``cooldown: 0.15``, ``train.py+lr2x+cooldown`` at twice the rate.
 - ``ours+ema``: ``ours``, evaluated with an exponential moving average of its weights
   (decay 0.99 per step, ``torch.optim.swa_utils``): it smooths the step-to-step noise of
   a constant-rate run.
@@ -109,6 +109,8 @@ VARIANTS = {
     "train.py": dict(model="ours", schedule=False, dynamic_mixing=False, recipe=True),
     "train.py+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False, recipe=True,
                               cooldown=0.15),
+    "train.py+lr2x+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False,
+                                   recipe=True, lr_x=2.0, cooldown=0.15),
 }
 RECIPE = os.path.join(REPO, "recipes", "LibriMix", "separation")
 # What `make bench` runs: SpeechBrain's model, ours in the same plain loop, and ours through
