@@ -109,8 +109,9 @@ def build_parser():
     p = sub.add_parser("separate", help="separate recordings with a trained run")
     p.add_argument("files", nargs="+", help="audio files (any rate, mono or multichannel)")
     p.add_argument("--model", required=True, help="a run folder written by train.py, a "
-                                                 "package (spksep package) or a SpeechBrain "
-                                                 "separator folder")
+                                                 "package (spksep package), a SpeechBrain "
+                                                 "separator folder or the output folder of a "
+                                                 "SpeechBrain separation recipe")
     p.add_argument("--out", required=True, help="folder for <name>_s1.wav, <name>_s2.wav, ...")
     p.add_argument("--device", default="cpu")
     p.add_argument("--chunk_seconds", type=float, default=30.0)
@@ -150,11 +151,14 @@ def build_parser():
     p = sub.add_parser("table", help="Table I / II in Markdown from finished runs, with the "
                                      "paired gains of every model over the baseline")
     p.add_argument("runs", nargs="+", help="run folders holding test_summary.json and "
-                                           "test_results.csv; with a conditioning and a "
+                                           "test_results.csv (or 'runs/x_seed*' patterns); "
+                                           "runs of the same model are its seeds, averaged, "
+                                           "with intervals over seeds too; NAME=RUN,RUN names "
+                                           "a group of runs. With a conditioning and a "
                                            "convtasnet_continued run, the conditioned model is "
                                            "also paired with the continued baseline")
-    p.add_argument("--baseline", help="the run the others are paired with (default: the "
-                                      "convtasnet run among RUNS)")
+    p.add_argument("--baseline", help="the run (or NAME) the others are paired with "
+                                      "(default: the convtasnet runs among RUNS)")
     p.add_argument("--metric", default="si_snr_i",
                    choices=("si_snr_i", "si_snr", "sdr_i", "sdr", "stoi", "pesq"),
                    help="per-mixture column compared (default si_snr_i)")

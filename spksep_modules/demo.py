@@ -20,6 +20,12 @@ step on 2 threads is far from twice as fast as on 1), so two runs side by side f
 sooner than the same runs one after the other. The conditioned model waits for the
 baseline it starts from, and the continued baseline for both. Each run's output goes to
 ``runs/<model>/demo.log``.
+
+``--seeds N`` trains every model N times, with seeds 1234, 1235, ... into
+``runs/<model>_seed<seed>`` (one run per model, ``--seeds 1``, keeps ``runs/<model>``): the
+table then averages each model over its seeds and adds intervals over seeds, since on the
+demo two seeds of the same baseline differ by about 0.4 dB. Each seed's conditioned model
+starts from that seed's baseline, and its continued baseline takes that seed's budget.
 """
 
 import argparse
@@ -68,12 +74,28 @@ NEEDS = {"conditioning": ("convtasnet",), "convtasnet_continued": ("convtasnet",
 DATA = dict(num_train=200, num_train_speakers=80)
 
 
-def train(name: str, data: str, runs: str, extra=(), threads: int = None) -> str:
+FIRST_SEED = 1234  # training.yaml's seed: the one-seed demo trains with it
+
+
+def run_name(name: str, seed: int = None) -> str:
+    """The run folder's name of model ``name`` trained with ``seed`` (``None``: the
+    one-seed demo, named after the model alone).
+
+    Example
+    -------
+    >>> run_name("convtasnet"), run_name("convtasnet", 1235)
+    ('convtasnet', 'convtasnet_seed1235')
+    """
+    return name if seed is None else f"{name}_seed{seed}"
+
+
+def train(name: str, data: str, runs: str, extra=(), threads: int = None, seed: int = None) -> str:
     """Train and test model ``name`` (a key of ``MODELS``) at demo size with the LibriMix
     recipe, in a subprocess, on the data in ``data``; returns its run folder,
-    ``runs/<name>``. A run that already has ``test_summary.json`` is not trained again.
+    ``runs/<name>`` (``runs/<name>_seed<seed>`` with ``--seed=<seed>`` when ``seed`` is
+    given). A run that already has ``test_summary.json`` is not trained again.
     ``threads``: the subprocess's intra-op threads (default: torch's); its output goes to
-    ``runs/<name>/demo.log``.
+    ``demo.log`` in the run folder.
 
     Example
     -------
@@ -85,14 +107,15 @@ def train(name: str, data: str, runs: str, extra=(), threads: int = None) -> str
     [demo] convtasnet: already trained (.../convtasnet)
     True
     """
-    out = os.path.abspath(os.path.join(runs, name))
+    label = run_name(name, seed)
+    out = os.path.abspath(os.path.join(runs, label))
     if os.path.isfile(os.path.join(out, "test_summary.json")):
-        print(f"[demo] {name}: already trained ({out})")
+        print(f"[demo] {label}: already trained ({out})")
         return out
-    cmd = command(name, data, out, extra)
+    cmd = command(name, data, out, extra, seed)
     os.makedirs(out, exist_ok=True)
     log = os.path.join(out, "demo.log")
-    print(f"[demo] training {name} (log: {log}): {' '.join(cmd[1:])}", flush=True)
+    print(f"[demo] training {label} (log: {log}): {' '.join(cmd[1:])}", flush=True)
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -105,27 +128,31 @@ def train(name: str, data: str, runs: str, extra=(), threads: int = None) -> str
     if proc.returncode:
         with open(log) as f:
             tail = "".join(f.readlines()[-20:])
-        raise SystemExit(f"[demo] {name} failed (exit {proc.returncode}); the end of {log}:\n{tail}")
+        raise SystemExit(f"[demo] {label} failed (exit {proc.returncode}); the end of {log}:\n{tail}")
     cpu = usage.ru_utime + usage.ru_stime
-    print(f"[demo] {name}: done in {time.time() - start:.0f} s ({cpu:.0f} s of CPU)", flush=True)
+    print(f"[demo] {label}: done in {time.time() - start:.0f} s ({cpu:.0f} s of CPU)", flush=True)
     return out
 
 
-def command(name: str, data: str, out: str, extra=()) -> list:
+def command(name: str, data: str, out: str, extra=(), seed: int = None) -> list:
     """The ``train.py`` command line (run in ``RECIPE``) that trains model ``name`` at demo
-    size into ``out``; ``extra``: what :func:`extra_args` adds.
+    size into ``out``; ``extra``: what :func:`extra_args` adds; ``seed``: the training
+    seed (``None``: the yaml's, 1234).
 
     Example
     -------
     >>> cmd = command("convtasnet", "data", "runs/convtasnet")
     >>> cmd[1:3], "--budget_clock=cpu" in cmd, cmd[-1]
     (['train.py', 'hparams/convtasnet.yaml'], True, '--number_of_epochs=10')
+    >>> command("convtasnet", "data", "runs/convtasnet_seed1235", seed=1235)[-1]
+    '--seed=1235'
     """
     hparams, *model_args = MODELS[name]
     # Budgets in CPU minutes: the continued baseline's is the conditioned run's (``extra_args``).
     return [
         sys.executable, "train.py", hparams, f"--data_folder={data}", f"--output_folder={out}",
         "--device=cpu", "--noprogressbar", "--budget_clock=cpu", *SMALL, *model_args, *extra,
+        *([f"--seed={seed}"] if seed is not None else []),
     ]
 
 
@@ -154,30 +181,34 @@ def extra_args(name: str, done: dict) -> list:
     return []
 
 
-def train_all(names, data: str, runs: str, jobs: int) -> list:
-    """Train ``names`` in ``jobs`` lanes side by side; returns their run folders in the
-    order of ``names``. The first lane trains the baseline, then the conditioned model
-    that starts from it, then the continued baseline; the other models share the other
-    lanes (all lanes, with one job): see :func:`lanes`.
+def train_all(names, data: str, runs: str, jobs: int, seeds=(None,)) -> list:
+    """Train ``names`` with each of ``seeds`` (``None``: the one-seed demo) in ``jobs``
+    lanes side by side; returns their run folders, seed by seed in the order of
+    ``names``. The first lane trains the baseline, then the conditioned model that starts
+    from it, then the continued baseline, seed after seed; the other models share the
+    other lanes (all lanes, with one job): see :func:`lanes`.
     """
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    done = {}
+    done = {seed: {} for seed in seeds}  # seed -> model -> run folder
 
     def run_lane(lane):
-        for name in lane:
-            done[name] = train(name, data, runs, extra_args(name, done), threads)
+        for name, seed in lane:  # what a run needs comes from its own seed's runs
+            done[seed][name] = train(name, data, runs, extra_args(name, done[seed]), threads,
+                                     seed)
 
-    plan = lanes(names, jobs)
+    plan = _lanes(names, jobs, seeds)
     with ThreadPoolExecutor(max_workers=len(plan)) as pool:
         for future in [pool.submit(run_lane, lane) for lane in plan]:
             future.result()  # a failed run raises here
-    return [done[name] for name in names]
+    return [done[seed][name] for seed in seeds for name in names]
 
 
-def lanes(names, jobs: int) -> list:
-    """Split ``names`` into at most ``jobs`` lists trained one after the other: the baseline,
-    the conditioned model and the continued baseline in the first (each needs the ones
-    before: ``NEEDS``, trained or found even when not in ``names``), the rest round-robin.
+def lanes(names, jobs: int, seeds=(None,)) -> list:
+    """Split the runs of ``names`` x ``seeds`` into at most ``jobs`` lists trained one after
+    the other: the baseline, the conditioned model and the continued baseline of every
+    seed in the first (each needs the ones before of its seed: ``NEEDS``, trained or found
+    even when not in ``names``), the rest round-robin. With the default single seed the
+    lists hold model names; with several, ``(name, seed)`` pairs.
 
     Example
     -------
@@ -187,23 +218,33 @@ def lanes(names, jobs: int) -> list:
     [['convtasnet', 'conditioning', 'convtasnet_continued'], ['weighted_sum', 'triplet_like']]
     >>> lanes(["weighted_sum", "convtasnet_continued"], jobs=1)
     [['convtasnet', 'conditioning', 'convtasnet_continued', 'weighted_sum']]
+    >>> lanes(["convtasnet", "conditioning", "weighted_sum"], jobs=2, seeds=(1234, 1235))
+    [[('convtasnet', 1234), ('conditioning', 1234), ('convtasnet', 1235), ('conditioning', 1235)], [('weighted_sum', 1234), ('weighted_sum', 1235)]]
     """
+    plan = _lanes(names, jobs, seeds)
+    if tuple(seeds) == (None,):
+        return [[name for name, _ in lane] for lane in plan]
+    return plan
+
+
+def _lanes(names, jobs, seeds):
+    """:func:`lanes` as ``(name, seed)`` pairs, whatever the seeds."""
     wanted = set(names).union(*(NEEDS.get(n, ()) for n in names))
     chain = [n for n in ("convtasnet", "conditioning", "convtasnet_continued") if n in wanted]
     rest = [n for n in names if n not in chain]
-    plan = [chain] + [[] for _ in range(max(1, jobs) - 1)]
+    plan = [[(n, s) for s in seeds for n in chain]] + [[] for _ in range(max(1, jobs) - 1)]
     others = plan[1:] or plan
-    for i, name in enumerate(rest):
-        others[i % len(others)].append(name)
+    for i, run in enumerate((n, s) for s in seeds for n in rest):
+        others[i % len(others)].append(run)
     return [lane for lane in plan if lane]
 
 
 def main(argv=None):
     """``make demo``: write the demo set under ``--workdir``, train and test ``--models``
     (default: all of ``MODELS``; the conditioned model starts from the trained baseline,
-    the continued baseline too), print Table I and the gains over the baseline (and of the
-    conditioned model over the continued baseline), and write the figures into
-    ``<workdir>/plots``.
+    the continued baseline too) ``--seeds`` times each, print Table I and the gains over
+    the baseline (and of the conditioned model over the continued baseline), and write
+    the figures (of the first seed's runs) into ``<workdir>/plots``.
 
     Example
     -------
@@ -218,14 +259,24 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--jobs", type=int, default=max(2, (os.cpu_count() or 1) // 2),
                         help="models trained at once (default: half the CPU cores, at least 2)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train every model this many times, seeds 1234, 1235, ... into "
+                             "runs/<model>_seed<seed>; the table averages over seeds and adds "
+                             "intervals over them (default 1: runs/<model>)")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds: at least 1")
+    seeds = (None,) if args.seeds == 1 else tuple(FIRST_SEED + i for i in range(args.seeds))
 
     data = make_demo_data(os.path.join(args.workdir, "data"), **DATA)
     runs = os.path.join(args.workdir, "runs")
     start = time.time()
-    done = train_all(args.models, data, runs, max(1, args.jobs))
+    jobs = max(1, args.jobs)
+    done = (train_all(args.models, data, runs, jobs) if args.seeds == 1
+            else train_all(args.models, data, runs, jobs, seeds))
     print(f"\n[demo] trained in {(time.time() - start) / 60:.1f} min")
-    text, records = report(done, significance=True)  # + the paired gains over the baseline
+    # + the gains over the baseline, paired per mixture (and over seeds, with several)
+    text, records = report(done, significance=True)
     print(text)
     for run in done:
         summary = read_summary(run)
@@ -235,10 +286,13 @@ def main(argv=None):
                   f"conditioning adds {summary['si_snr'] - summary['si_snr_intermediate']:+.2f} dB")
     for pairing in records.get("over_continued", []):  # same extra compute, paired per mixture
         for g in pairing["gains"]:
+            both = (f", over seeds and mixtures [{g['hier_low']:+.2f}, {g['hier_high']:+.2f}] "
+                    f"({g['seeds']} seeds)" if "hier_low" in g else "")
             print(f"\n[demo] {g['label']} vs {model_label(CONTINUED_MODEL)} (same extra CPU "
                   f"minutes): {g['mean']:+.2f} dB SI-SNRi per mixture, 95% interval "
-                  f"[{g['low']:+.2f}, {g['high']:+.2f}] ({g['n']} test mixtures)")
-    plots = plot_runs(done, os.path.join(args.workdir, "plots"))
+                  f"[{g['low']:+.2f}, {g['high']:+.2f}]{both} ({g['n']} test mixtures)")
+    # The figures of the first seed's runs: one line or violin per model stays readable.
+    plots = plot_runs(done[: len(args.models)], os.path.join(args.workdir, "plots"))
     print("\n[demo] figures (learning curves, per-mixture SI-SNRi, spectrograms of the median "
           "test mixture):")
     for path in plots:

@@ -27,6 +27,7 @@ from spksep_modules.models import fuse_for_inference, separator_from_state
 from spksep_modules.models.speechbrain_folder import (
     check_sample_rate,
     is_speechbrain_folder,
+    is_speechbrain_training_folder,
     load_speechbrain_folder,
 )
 from spksep_modules.nnet.frozen import keeps_global_rng
@@ -71,7 +72,8 @@ def load_run(run_dir: str, device: str = "cpu"):
     """Rebuild a trained separator from its run folder: the best checkpoint (lowest
     validation loss) in ``save/`` gives both its description and its weights. A
     SpeechBrain separator folder (``hyperparams.yaml``, ``encoder.ckpt``, ``masknet.ckpt``,
-    ``decoder.ckpt``, as SpeechBrain publishes its SepFormers) works too
+    ``decoder.ckpt``, as SpeechBrain publishes its SepFormers), or the output folder of a
+    SpeechBrain separation recipe (``hyperparams.yaml`` and ``save/CKPT+*/``) works too
     (``models.speechbrain_folder``), and so does a package folder (``spksep_modules.package``).
 
     Returns ``(separator, sample_rate)``; the separator is in eval mode on ``device``.
@@ -94,7 +96,7 @@ def load_run(run_dir: str, device: str = "cpu"):
 
     if is_package(run_dir):
         return load_package(run_dir, device)
-    if is_speechbrain_folder(run_dir):
+    if is_speechbrain_folder(run_dir) or is_speechbrain_training_folder(run_dir):
         separator, rate = load_speechbrain_folder(run_dir)
         return separator.to(device).eval(), rate
     text = _run_yaml(run_dir)

@@ -240,3 +240,110 @@ def test_conditioning_on_a_sepformer_run(data, sepformer_run, tmp_path):
                      "--speaker_net=ge2e", *COND])
     check_run_outputs(out, "sepformer_conditioning")
     assert "valid si_snr_intermediate" in (out / "train_log.txt").read_text()
+
+
+# ---------------------------------------------------------------- SpeechBrain's own training runs
+@pytest.fixture(scope="module")
+def speechbrain_results(tmp_path_factory):
+    """Output folders of SpeechBrain's separation recipes (Conv-TasNet, SepFormer), as their
+    train.py leaves them, at toy sizes (tests/speechbrain_training.py)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from speechbrain_training import CONVTASNET, SEPFORMER, write_training_folder
+
+    root = tmp_path_factory.mktemp("speechbrain_results")
+    write_training_folder(root / "convtasnet" / "1234", CONVTASNET, losses=(-5.0, -6.0, -5.5))
+    write_training_folder(root / "sepformer" / "1234", SEPFORMER, losses=(-3.0, -2.0))
+    return root
+
+
+def test_conditioning_on_a_speechbrain_training_folder(data, speechbrain_results, tmp_path):
+    from spksep_modules.inference import load_run
+
+    out = tmp_path / "cond"
+    run(SEPARATION, ["hparams/conditioning.yaml", f"--data_folder={data}", f"--output_folder={out}",
+                     f"--basic_model={speechbrain_results / 'convtasnet' / '1234'}",
+                     "--speaker_net=ge2e", *COND])
+    check_run_outputs(out, "conditioning")
+    model, _ = load_run(out)  # the run rebuilds alone, SpeechBrain's Conv-TasNet inside
+    assert type(model.basic_model).__name__ == "SpeechBrainConvTasNet"
+
+
+def test_sepformer_starts_from_a_speechbrain_training_folder(data, speechbrain_results, tmp_path):
+    import torch
+
+    from spksep_modules.models.speechbrain_folder import training_checkpoint
+
+    folder = speechbrain_results / "sepformer" / "1234"
+    out = tmp_path / "sepformer"
+    run(SEPARATION, ["hparams/sepformer.yaml", f"--data_folder={data}", f"--output_folder={out}",
+                     f"--init_from={folder}", *SF_TINY])
+    check_run_outputs(out, "sepformer")
+    # Three Adam steps at lr 1.5e-4 from the best checkpoint (epoch 1), not the latest.
+    trained = torch.load(next((out / "save").glob("CKPT+*/separator.ckpt")))["encoder.weight"]
+    best = Path(training_checkpoint(folder))
+    [latest] = [c for c in (folder / "save").glob("CKPT+*") if c != best]
+    assert 0 < (trained - torch.load(best / "encoder.ckpt")["conv1d.weight"]).abs().max() < 0.01
+    assert (trained - torch.load(latest / "encoder.ckpt")["conv1d.weight"]).abs().max() > 0.05
+
+
+# ---------------------------------------------------------------- three speakers (Libri3Mix)
+THREE = ["--num_spks=3"]
+
+
+@pytest.fixture(scope="module")
+def data3(tmp_path_factory):
+    """A tiny Libri3Mix-layout set: three speakers in every mixture, none shared by splits."""
+    return make_demo_data(
+        tmp_path_factory.mktemp("demo3"), num_spks=3, num_train=6, num_dev=2, num_test=2,
+        seconds=0.8, num_train_speakers=6, num_dev_speakers=3, num_test_speakers=3,
+    )
+
+
+@pytest.fixture(scope="module")
+def baseline3(data3, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs3") / "convtasnet"
+    run(SEPARATION, ["hparams/convtasnet.yaml", f"--data_folder={data3}", f"--output_folder={out}",
+                     *TINY, *THREE])
+    return out
+
+
+def three_outputs(run_dir):
+    import torch
+
+    from spksep_modules.inference import load_run
+
+    model, _ = load_run(run_dir)
+    with torch.no_grad():
+        return model(torch.randn(1, 8000)).shape[-1]
+
+
+def test_three_speaker_baseline(data3, baseline3):
+    assert Path(data3).name == "Libri3Mix"
+    check_run_outputs(baseline3, "convtasnet")
+    assert three_outputs(baseline3) == 3
+
+
+@pytest.mark.parametrize("model", ["weighted_sum", "triplet_like", "ablation_pos", "ablation_neg"])
+def test_three_speaker_perceptual_models(model, data3, tmp_path):
+    out = tmp_path / model
+    run(SEPARATION, [f"hparams/{model}.yaml", f"--data_folder={data3}", f"--output_folder={out}",
+                     "--representation=ge2e", *TINY, *THREE])
+    check_run_outputs(out, model)
+    log = (out / "train_log.txt").read_text()
+    assert "train D_pos" in log and "train D_neg" in log
+    assert three_outputs(out) == 3
+
+
+def test_three_speaker_conditioning(data3, baseline3, tmp_path):
+    out = tmp_path / "cond"
+    run(SEPARATION, ["hparams/conditioning.yaml", f"--data_folder={data3}", f"--output_folder={out}",
+                     f"--basic_model={baseline3}", "--speaker_net=ge2e", *COND, *THREE])
+    summary = check_run_outputs(out, "conditioning")
+    assert np.isfinite(summary["si_snr_intermediate"])
+    assert three_outputs(out) == 3
+    # the three-speaker basic model under a two-speaker yaml: one line, before training
+    proc = run(SEPARATION, ["hparams/conditioning.yaml", f"--data_folder={data3}",
+                            f"--output_folder={tmp_path / 'two'}", f"--basic_model={baseline3}",
+                            "--speaker_net=ge2e", *COND], check=False)
+    assert proc.returncode != 0
+    assert "was trained with num_spks=3, this yaml asks for num_spks=2" in proc.stderr

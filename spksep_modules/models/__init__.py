@@ -5,6 +5,7 @@ from spksep_modules.models.conditioned import ConditionedSeparator, WavesplitSta
 from spksep_modules.models.conv_tasnet import ConvTasNet
 from spksep_modules.models.film import FiLM, FiLMGenerator
 from spksep_modules.models.fused import fuse_for_inference
+from spksep_modules.models.sb_conv_tasnet import SpeechBrainConvTasNet
 from spksep_modules.models.sepformer import SepFormer
 from spksep_modules.models.speechbrain_folder import (
     load_speechbrain_folder,
@@ -13,6 +14,7 @@ from spksep_modules.models.speechbrain_folder import (
 
 __all__ = [
     "ConditionedSeparator", "ConvTasNet", "FiLM", "FiLMGenerator", "Separator",
-    "SepFormer", "SeparatorOutput", "WavesplitStack", "fuse_for_inference",
+    "SepFormer", "SeparatorOutput", "SpeechBrainConvTasNet", "WavesplitStack",
+    "fuse_for_inference",
     "load_speechbrain_folder", "save_speechbrain_folder", "separator_from_state",
 ]

@@ -58,7 +58,52 @@ def transformer_block(num_layers, d_model, nhead, d_ffn, dropout, use_positional
     )
 
 
-class SepFormer(Separator):
+class SpeechBrainFramed(Separator):
+    """SpeechBrain's separation forward around a mask network ``self.masknet`` (``[batch, N,
+    frames] -> [C, batch, N, frames]``): ``encoder`` (an ``nn.Conv1d``, kernel
+    ``self.kernel_size``, stride ``self.stride``) + ReLU, masks, one transposed-conv
+    ``decoder`` pass per source, cut or zero-padded to the input's length, as in
+    SpeechBrain's separation recipes (``compute_forward``) and ``separate_batch``.
+    Subclasses build the three modules.
+    """
+
+    def encode(self, mix):
+        """``[batch, time] -> [batch, N, frames]``: ReLU of the encoder conv, SpeechBrain's
+        ``Encoder`` (the tail that fills no frame is dropped; a signal shorter than one
+        filter is zero-padded to one)."""
+        if mix.shape[-1] < self.kernel_size:
+            mix = F.pad(mix, (0, self.kernel_size - mix.shape[-1]))
+        return F.relu(self.encoder(mix.unsqueeze(1)))
+
+    def decode(self, src_w, length):
+        """``[batch, C, N, frames] -> [batch, length, C]``: the decoder's transposed conv
+        on every source (as a matrix product plus overlap-add), cut or zero-padded to
+        ``length``."""
+        batch, C, N, frames = src_w.shape
+        wav = overlap_add_decode(src_w.reshape(batch * C, N, frames), self.decoder.weight,
+                                 self.stride)
+        wav = wav.view(batch, C, -1)
+        if wav.shape[-1] < length:
+            wav = F.pad(wav, (0, length - wav.shape[-1]))
+        return wav[..., :length].transpose(1, 2)
+
+    def forward(self, mix):
+        """Separate: ``[batch, time]`` (or ``[time]``) -> estimates ``[batch, time, C]``."""
+        mix = as_batch(mix, type(self).__name__)
+        enc = self.encode(mix)
+        masks = self.masknet(enc)  # SpeechBrain's layout: [C, batch, N, frames]
+        src_w = (masks * enc.unsqueeze(0)).transpose(0, 1)
+        return SeparatorOutput.of(self.decode(src_w, mix.shape[-1]))
+
+    def reset_like_speechbrain(self):
+        """Initialise as SpeechBrain's separation recipes do (``reset_layer_recursively``:
+        every layer's ``reset_parameters`` once built)."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+
+class SepFormer(SpeechBrainFramed):
     """SepFormer: encoder, SpeechBrain's dual-path transformer masks, decoder.
 
     Arguments (SpeechBrain's Libri2Mix recipe values by default)
@@ -145,34 +190,4 @@ class SepFormer(Separator):
         )
         self.decoder = Decoder(in_channels=N, out_channels=1, kernel_size=kernel_size,
                                stride=self.stride, bias=False)
-        for module in self.modules():  # SpeechBrain's recipe: reset_layer_recursively
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-
-    def encode(self, mix):
-        """``[batch, time] -> [batch, N, frames]``: ReLU of the encoder conv, SpeechBrain's
-        ``Encoder`` (the tail that fills no frame is dropped; a signal shorter than one
-        filter is zero-padded to one)."""
-        if mix.shape[-1] < self.kernel_size:
-            mix = F.pad(mix, (0, self.kernel_size - mix.shape[-1]))
-        return F.relu(self.encoder(mix.unsqueeze(1)))
-
-    def decode(self, src_w, length):
-        """``[batch, C, N, frames] -> [batch, length, C]``: the decoder's transposed conv
-        on every source (as a matrix product plus overlap-add), cut or zero-padded to
-        ``length``."""
-        batch, C, N, frames = src_w.shape
-        wav = overlap_add_decode(src_w.reshape(batch * C, N, frames), self.decoder.weight,
-                                 self.stride)
-        wav = wav.view(batch, C, -1)
-        if wav.shape[-1] < length:
-            wav = F.pad(wav, (0, length - wav.shape[-1]))
-        return wav[..., :length].transpose(1, 2)
-
-    def forward(self, mix):
-        """Separate: ``[batch, time]`` (or ``[time]``) -> estimates ``[batch, time, C]``."""
-        mix = as_batch(mix, "SepFormer")
-        enc = self.encode(mix)
-        masks = self.masknet(enc)  # SpeechBrain's layout: [C, batch, N, frames]
-        src_w = (masks * enc.unsqueeze(0)).transpose(0, 1)
-        return SeparatorOutput.of(self.decode(src_w, mix.shape[-1]))
+        self.reset_like_speechbrain()

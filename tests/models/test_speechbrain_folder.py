@@ -257,8 +257,13 @@ REMOVE_KEY = [
      "modules.decoder: no in_channels"),
     ("  bias: false\n", "  bias: true\n", "modules.decoder.bias: True, not False"),
     ("speechbrain.lobes.models.dual_path.Dual_Path_Model",
+     "speechbrain.lobes.models.resepformer.ResourceEfficientSeparator",
+     "modules.masknet: is a speechbrain.lobes.models.resepformer.ResourceEfficientSeparator; "
+     "this version loads SepFormer (speechbrain.lobes.models.dual_path.Dual_Path_Model) and "
+     "Conv-TasNet (speechbrain.lobes.models.conv_tasnet.MaskNet) folders"),
+    ("speechbrain.lobes.models.dual_path.Dual_Path_Model",
      "speechbrain.lobes.models.conv_tasnet.MaskNet",
-     "modules.masknet: is a speechbrain.lobes.models.conv_tasnet.MaskNet; only SepFormer"),
+     "modules.masknet: unknown argument num_spks of MaskNet"),
     ("  nhead: 2\n  d_ffn: 32\n  dropout: 0\n  use_positional_encoding: true\n  norm_before: true\n"
      "\nMaskNet", "  nhead: 4\n  d_ffn: 32\n  dropout: 0\n  use_positional_encoding: true\n"
      "  norm_before: true\n\nMaskNet", "inter_model.nhead: 4, differs from intra_model's 2"),
