@@ -11,7 +11,7 @@ from spksep_modules.runtime import keep_freed_memory
 def _demo_data(args):
     from spksep_modules.data.demo import make_demo_data
 
-    root = make_demo_data(args.dir, seed=args.seed, num_spks=args.num_spks)
+    root = make_demo_data(args.dir, seed=args.seed, num_spks=args.num_spks, noise=args.noise)
     print(f"demo data written to {root} (use it as --data_folder)")
 
 
@@ -104,6 +104,8 @@ def build_parser():
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_spks", type=int, default=2, choices=(2, 3))
+    p.add_argument("--noise", action="store_true",
+                   help="also write mix_both, mix_single and noise/ (mixture_type: mix_both)")
     p.set_defaults(func=_demo_data)
 
     p = sub.add_parser("separate", help="separate recordings with a trained run")

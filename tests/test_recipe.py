@@ -156,6 +156,11 @@ def test_demo_data_command(tmp_path):
     proc = spksep("demo-data", tmp_path / "d", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "d" / "Libri2Mix" / "wav16k" / "min" / "test" / "mix_clean").is_dir()
+    assert not (tmp_path / "d" / "Libri2Mix" / "wav16k" / "min" / "test" / "mix_both").exists()
+    proc = spksep("demo-data", tmp_path / "n", "--seed", "1", "--noise")
+    assert proc.returncode == 0, proc.stderr
+    for kind in ("mix_both", "mix_single", "noise"):
+        assert (tmp_path / "n" / "Libri2Mix" / "wav16k" / "min" / "test" / kind).is_dir()
 
 
 def test_test_only_evaluates_an_existing_run_without_training(data, baseline):
