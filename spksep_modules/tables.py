@@ -191,14 +191,21 @@ def choose_baseline(run_dirs, summaries, baseline=None):
     ...
     spksep_modules.SpkSepError: several baseline (convtasnet) runs given: runs/a, runs/b; name one with --baseline
     """
+    return _baseline_index(run_dirs, (s["model"] for s in summaries), baseline, _same, str)
+
+
+def _baseline_index(items, models, baseline, holds, name):
+    """:func:`choose_baseline` of runs or groups: the first of ``items`` that
+    ``holds(item, baseline)`` when ``baseline`` is given, else the one whose model (in
+    ``models``, one per item) is the baseline model; ``name(item)``: its name in errors."""
     if baseline is not None:
-        for i, run in enumerate(run_dirs):
-            if _same(run, baseline):
+        for i, item in enumerate(items):
+            if holds(item, baseline):
                 return i
         raise SpkSepError(f"--baseline {baseline}: not among the runs given")
-    found = [i for i, s in enumerate(summaries) if s["model"] == BASELINE_MODEL]
+    found = [i for i, model in enumerate(models) if model == BASELINE_MODEL]
     if len(found) > 1:
-        names = ", ".join(str(run_dirs[i]) for i in found)
+        names = ", ".join(name(items[i]) for i in found)
         raise SpkSepError(
             f"several baseline ({BASELINE_MODEL}) runs given: {names}; name one with --baseline"
         )
@@ -341,30 +348,36 @@ def gains_table(gains: dict, summaries=None, title: str = "Gains over the baseli
     | P weighted-sum | +0.201 | **+0.310** | **[+0.120, +0.500]** | 62% | 4.0e-04 |
     """
     metric = METRIC_LABELS.get(gains["metric"], gains["metric"])
-    title = f"### {title}: paired per-mixture {metric} differences"
+    return _gains_markdown(
+        gains, f"### {title}: paired per-mixture {metric} differences", baseline_runs="run",
+        intro=lambda: (
+            f"Baseline: `{gains['baseline']}`, {gains['num_test']} test mixtures. Each model's "
+            f"{metric} minus the baseline's on the same mixture: the mean and its 95% bootstrap "
+            f"interval ({gains['resamples']} resamples, seed {gains['seed']}), the share of "
+            f"mixtures improved, and the p-value of the paired test ({gains['test']})."),
+        header=f"| Model | paper gap (SI-SNR) | Δ{metric} mean | 95% interval | improved | p |",
+        row=_gain_row, note="**Bold**: the 95% interval excludes zero.")
+
+
+def _gain_row(g):
+    mean, interval = _signed(g["mean"]), f"[{_signed(g['low'])}, {_signed(g['high'])}]"
+    if g["significant"]:
+        mean, interval = f"**{mean}**", f"**{interval}**"
+    return (f"| {g['label']} | {_signed(g['paper_gap'])} | {mean} | {interval} | "
+            f"{g['improved']:.0%} | {_p(g['p_value'])} |")
+
+
+def _gains_markdown(gains, title, baseline_runs, intro, header, row, note):
+    """A gains table: ``title``, the paragraph ``intro()`` returns, the ``header`` row and
+    its rule, ``row(gain)`` per gain, and the ``note``; or, under ``title``, why there is
+    nothing to pair (``baseline_runs``: "run" or "runs", what was given of the baseline)."""
     if gains["baseline"] is None:
         return f"{title}\n\nNo baseline ({BASELINE_MODEL}) run given: nothing to pair."
     if not gains["gains"]:
-        return f"{title}\n\nOnly the baseline run given: nothing to pair."
-    lines = [
-        title,
-        "",
-        f"Baseline: `{gains['baseline']}`, {gains['num_test']} test mixtures. Each model's "
-        f"{metric} minus the baseline's on the same mixture: the mean and its 95% bootstrap "
-        f"interval ({gains['resamples']} resamples, seed {gains['seed']}), the share of "
-        f"mixtures improved, and the p-value of the paired test ({gains['test']}).",
-        "",
-        f"| Model | paper gap (SI-SNR) | Δ{metric} mean | 95% interval | improved | p |",
-        "|---|---|---|---|---|---|",
-    ]
-    for g in gains["gains"]:
-        mean, interval = _signed(g["mean"]), f"[{_signed(g['low'])}, {_signed(g['high'])}]"
-        if g["significant"]:
-            mean, interval = f"**{mean}**", f"**{interval}**"
-        lines.append(f"| {g['label']} | {_signed(g['paper_gap'])} | {mean} | {interval} | "
-                     f"{g['improved']:.0%} | {_p(g['p_value'])} |")
-    lines += ["", "**Bold**: the 95% interval excludes zero."]
-    return "\n".join(lines)
+        return f"{title}\n\nOnly the baseline {baseline_runs} given: nothing to pair."
+    rule = "|" + "---|" * (header.count("|") - 1)  # one per column
+    return "\n".join([title, "", intro(), "", header, rule,
+                      *(row(g) for g in gains["gains"]), "", note])
 
 
 CONDITIONED_MODEL = "conditioning"
@@ -501,18 +514,8 @@ def choose_baseline_group(groups, baseline=None):
     >>> choose_baseline_group(groups), choose_baseline_group(groups, "runs/c2")
     (1, 1)
     """
-    if baseline is not None:
-        for i, group in enumerate(groups):
-            if _holds(group, baseline):
-                return i
-        raise SpkSepError(f"--baseline {baseline}: not among the runs given")
-    found = [i for i, g in enumerate(groups) if g["model"] == BASELINE_MODEL]
-    if len(found) > 1:
-        names = ", ".join(groups[i]["name"] or groups[i]["runs"][0] for i in found)
-        raise SpkSepError(
-            f"several baseline ({BASELINE_MODEL}) runs given: {names}; name one with --baseline"
-        )
-    return found[0] if found else None
+    return _baseline_index(groups, (g["model"] for g in groups), baseline, _holds,
+                           lambda group: group["name"] or group["runs"][0])
 
 
 def seed_gains(groups, baseline=None, metric: str = "si_snr_i", resamples: int = 10000,
@@ -622,39 +625,31 @@ def seed_gains_table(gains: dict, title: str = "Gains over the baseline") -> str
     | P weighted-sum | 3 | +0.201 | +0.200 | **[+0.150, +0.250]** | [-0.400, +0.800] | [-0.200, +0.600] | 60% | 1.0e-05 |
     """
     metric = METRIC_LABELS.get(gains["metric"], gains["metric"])
-    title = f"### {title}: {metric} differences over seeds and mixtures"
-    if gains["baseline"] is None:
-        return f"{title}\n\nNo baseline ({BASELINE_MODEL}) run given: nothing to pair."
-    if not gains["gains"]:
-        return f"{title}\n\nOnly the baseline runs given: nothing to pair."
-    lines = [
-        title,
-        "",
-        f"Baseline: {gains['baseline']} ({len(gains['baseline_runs'])} seeds: "
-        f"{', '.join(f'`{r}`' for r in gains['baseline_runs'])}), {gains['num_test']} test "
-        f"mixtures. Each model's {metric} minus the baseline's, averaged over seeds and "
-        f"mixtures, with three 95% intervals: over **mixtures** (seed-averaged per-mixture "
-        f"differences, bootstrap; this test set, these trained models), over **seeds** (the "
-        f"runs' means, pooled Student t; retraining), and over **both** (hierarchical "
-        f"bootstrap: seeds, then mixtures; retraining and another test set). Bootstraps: "
-        f"{gains['resamples']} resamples, seed {gains['seed']}; improved and p (paired "
-        f"test: {gains['test']}) are over the seed-averaged mixtures.",
-        "",
-        f"| Model | seeds | paper gap (SI-SNR) | Δ{metric} mean | mixtures 95% | seeds 95% | "
-        "both 95% | improved | p |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for g in gains["gains"]:
-        lines.append(
-            f"| {g['label']} | {g['seeds']} | {_signed(g['paper_gap'])} | {_signed(g['mean'])} | "
+    return _gains_markdown(
+        gains, f"### {title}: {metric} differences over seeds and mixtures", baseline_runs="runs",
+        intro=lambda: (
+            f"Baseline: {gains['baseline']} ({len(gains['baseline_runs'])} seeds: "
+            f"{', '.join(f'`{r}`' for r in gains['baseline_runs'])}), {gains['num_test']} test "
+            f"mixtures. Each model's {metric} minus the baseline's, averaged over seeds and "
+            f"mixtures, with three 95% intervals: over **mixtures** (seed-averaged per-mixture "
+            f"differences, bootstrap; this test set, these trained models), over **seeds** (the "
+            f"runs' means, pooled Student t; retraining), and over **both** (hierarchical "
+            f"bootstrap: seeds, then mixtures; retraining and another test set). Bootstraps: "
+            f"{gains['resamples']} resamples, seed {gains['seed']}; improved and p (paired "
+            f"test: {gains['test']}) are over the seed-averaged mixtures."),
+        header=f"| Model | seeds | paper gap (SI-SNR) | Δ{metric} mean | mixtures 95% | seeds 95% "
+        "| both 95% | improved | p |", row=_seed_gain_row,
+        note="**Bold**: the 95% interval excludes zero. A gap is a property of the training recipe "
+        "only when the *both* interval excludes zero; '-': one seed of each model, no seed "
+        "spread to measure.")
+
+
+def _seed_gain_row(g):
+    return (f"| {g['label']} | {g['seeds']} | {_signed(g['paper_gap'])} | {_signed(g['mean'])} | "
             f"{_interval(g['low'], g['high'], g['significant'])} | "
             f"{_interval(g['seed_low'], g['seed_high'], g['seed_significant'])} | "
             f"{_interval(g['hier_low'], g['hier_high'], g['hier_significant'])} | "
             f"{g['improved']:.0%} | {_p(g['p_value'])} |")
-    lines += ["", "**Bold**: the 95% interval excludes zero. A gap is a property of the "
-              "training recipe only when the *both* interval excludes zero; '-': one seed of "
-              "each model, no seed spread to measure."]
-    return "\n".join(lines)
 
 
 def _mean_summary(group):
@@ -679,45 +674,15 @@ def _over_continued_groups(groups, **pairing):
 
 def _seeds_report(groups, significance, **pairing):
     """:func:`report` when some model has several runs: one row and record per group."""
-    means = [_mean_summary(g) for g in groups]
-    seeds = {g["model"]: len(g["runs"]) for g in groups}
-    models = set(seeds)
-    rows = {**TABLE_I, **CONTINUED_ROW} if CONTINUED_MODEL in models else TABLE_I
-    out = [markdown_table("Table I: models (Libri2Mix test), means over seeds", rows, means,
-                          seeds)]
-    if models & {"ablation_pos", "ablation_neg"}:
-        out.append(markdown_table("Table II: ablation on P weighted-sum, means over seeds",
-                                  TABLE_II, means, seeds))
-    out.append(
-        "Paper's SI-SNR column: the paper does not say whether it is the output SI-SNR or the "
-        "improvement, so both of ours are shown."
-    )
     gains, over_continued = None, []
     if significance:
         gains = seed_gains(groups, **pairing)
-        out.append(seed_gains_table(gains))
         over_continued = _over_continued_groups(groups, **pairing)
-        out += [seed_gains_table(g, title=OVER_CONTINUED) for g in over_continued]
-    by_label = {g["label"]: g for g in (gains or {}).get("gains", [])}
-    records = []
-    for group, mean in zip(groups, means):
-        paper = TABLE_I.get(group["model"]) or TABLE_II.get(group["model"])
-        gain = by_label.get(group["label"], {})
-        record = {"runs": list(group["runs"]), "model": group["model"],
-                  "label": group["label"], "seeds": len(group["runs"]),
-                  "num_test": mean.get("num_test"),
-                  **{k: mean.get(k) for k in ("si_snr", "si_snr_i", "sdr", "sdr_i", "stoi")},
-                  "paper_si_snr": paper[1] if paper else None,
-                  "paper_stoi": paper[2] if paper else None}
-        if "pesq" in mean:
-            record["pesq"] = mean["pesq"]
-        record.update({k: gain.get(k) for k in GAIN_FIELDS + SEED_GAIN_FIELDS})
-        records.append(record)
-    pairing_info = {k: v for k, v in (gains or {}).items() if k != "gains"}
-    data = {"runs": records, "pairing": pairing_info}
-    if over_continued:
-        data["over_continued"] = over_continued
-    return "\n\n".join(out), data
+    heads = [{"runs": list(g["runs"]), "model": g["model"], "label": g["label"],
+              "seeds": len(g["runs"])} for g in groups]
+    return _report_of(heads, [_mean_summary(g) for g in groups], gains, over_continued,
+                      seed_gains_table, "label", GAIN_FIELDS + SEED_GAIN_FIELDS,
+                      seeds={g["model"]: len(g["runs"]) for g in groups})
 
 
 def report(run_dirs, significance: bool = True, **pairing) -> tuple:
@@ -780,34 +745,48 @@ def report(run_dirs, significance: bool = True, **pairing) -> tuple:
 def _one_run_report(run_dirs, labels, significance, **pairing):
     """:func:`report` with one run per model."""
     summaries = [read_summary(d) for d in run_dirs]
+    gains, over_continued = None, []
+    if significance:
+        gains = paired_gains(run_dirs, summaries, labels=labels, **pairing)
+        over_continued = gains_over_continued(run_dirs, summaries, **pairing)
+    heads = [{"run": run, "model": summary["model"], "label": label}
+             for run, summary, label in zip(run_dirs, summaries, labels)]
+    return _report_of(heads, summaries, gains, over_continued, gains_table, "run", GAIN_FIELDS)
+
+
+def _report_of(heads, summaries, gains, over_continued, gains_markdown, key, gain_fields,
+               seeds=None):
+    """:func:`report`'s Markdown and records from one summary per row (a run's, or the
+    means over a group's seeds, with ``seeds``: model -> number of runs): each record is
+    its ``heads`` entry, the summary's numbers, the paper's, and the ``gain_fields`` of
+    its gain (matched on ``key``); ``gains`` is ``None`` without significance."""
     models = {s["model"] for s in summaries}
     rows = {**TABLE_I, **CONTINUED_ROW} if CONTINUED_MODEL in models else TABLE_I
-    out = [markdown_table("Table I: models (Libri2Mix test)", rows, summaries)]
+    over_seeds = ", means over seeds" if seeds is not None else ""
+    out = [markdown_table(f"Table I: models (Libri2Mix test){over_seeds}", rows, summaries,
+                          seeds)]
     if models & {"ablation_pos", "ablation_neg"}:
-        out.append(markdown_table("Table II: ablation on P weighted-sum", TABLE_II, summaries))
+        out.append(markdown_table(f"Table II: ablation on P weighted-sum{over_seeds}",
+                                  TABLE_II, summaries, seeds))
     out.append(
         "Paper's SI-SNR column: the paper does not say whether it is the output SI-SNR or the "
         "improvement, so both of ours are shown."
     )
-    gains, over_continued = None, []
-    if significance:
-        gains = paired_gains(run_dirs, summaries, labels=labels, **pairing)
-        out.append(gains_table(gains))
-        over_continued = gains_over_continued(run_dirs, summaries, **pairing)
-        out += [gains_table(g, title=OVER_CONTINUED) for g in over_continued]
-    by_run = {g["run"]: g for g in (gains or {}).get("gains", [])}
+    if gains is not None:
+        out.append(gains_markdown(gains))
+        out += [gains_markdown(g, title=OVER_CONTINUED) for g in over_continued]
+    by_key = {g[key]: g for g in (gains or {}).get("gains", [])}
     records = []
-    for run, summary, label in zip(run_dirs, summaries, labels):
+    for head, summary in zip(heads, summaries):
         paper = TABLE_I.get(summary["model"]) or TABLE_II.get(summary["model"])
-        gain = by_run.get(run, {})
-        record = {"run": run, "model": summary["model"], "label": label,
-                  "num_test": summary.get("num_test"),
+        gain = by_key.get(head[key], {})
+        record = {**head, "num_test": summary.get("num_test"),
                   **{k: summary.get(k) for k in ("si_snr", "si_snr_i", "sdr", "sdr_i", "stoi")},
                   "paper_si_snr": paper[1] if paper else None,
                   "paper_stoi": paper[2] if paper else None}
         if "pesq" in summary:
             record["pesq"] = summary["pesq"]
-        record.update({k: gain.get(k) for k in GAIN_FIELDS})
+        record.update({k: gain.get(k) for k in gain_fields})
         records.append(record)
     pairing_info = {k: v for k, v in (gains or {}).items() if k != "gains"}
     data = {"runs": records, "pairing": pairing_info}

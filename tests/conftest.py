@@ -1,5 +1,20 @@
+import os
+import sys
+
 import pytest
 import soundfile as sf
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # --import-mode=importlib
+from entrypoints import EntryPoints  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ep():
+    """The real entry points (``train.py``, ``spksep``), forked from one zygote per test
+    module (tests/entrypoints.py)."""
+    entry_points = EntryPoints()
+    yield entry_points
+    entry_points.close()
 
 
 @pytest.fixture

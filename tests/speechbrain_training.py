@@ -120,26 +120,21 @@ MaskNet: !new:speechbrain.lobes.models.conv_tasnet.MaskNet
     mask_nonlinear: 'relu'
 """)
 
+# The recipe's intra- and inter-chunk transformers ({block}: SBtfintra, SBtfinter), alike.
+TRANSFORMER_BLOCK = """
+{block}: !new:speechbrain.lobes.models.dual_path.SBTransformerBlock
+    num_layers: 1
+    d_model: 16
+    nhead: 2
+    d_ffn: 32
+    dropout: 0
+    use_positional_encoding: True
+    norm_before: True
+"""
+
 # The sizes of tests/test_recipe.py's SF_SIZES, so that sepformer.yaml can start from it.
-SEPFORMER = COMMON.replace("{name}", "sepformer-libri2mix").replace("{masknet}", """
-SBtfintra: !new:speechbrain.lobes.models.dual_path.SBTransformerBlock
-    num_layers: 1
-    d_model: 16
-    nhead: 2
-    d_ffn: 32
-    dropout: 0
-    use_positional_encoding: True
-    norm_before: True
-
-SBtfinter: !new:speechbrain.lobes.models.dual_path.SBTransformerBlock
-    num_layers: 1
-    d_model: 16
-    nhead: 2
-    d_ffn: 32
-    dropout: 0
-    use_positional_encoding: True
-    norm_before: True
-
+SEPFORMER = COMMON.replace("{name}", "sepformer-libri2mix").replace("{masknet}", "".join(
+    TRANSFORMER_BLOCK.replace("{block}", block) for block in ("SBtfintra", "SBtfinter")) + """
 MaskNet: !new:speechbrain.lobes.models.dual_path.Dual_Path_Model
     num_spks: !ref <num_spks>
     in_channels: !ref <N_encoder_out>

@@ -21,6 +21,25 @@ def ttq():
     return module
 
 
+@pytest.fixture
+def data(tmp_path):
+    """A tiny 8 kHz demo set."""
+    return make_demo_data(str(tmp_path / "data"), num_train=8, num_dev=2, num_test=2,
+                          seconds=1.0, sample_rate=8000, num_train_speakers=4,
+                          num_dev_speakers=2, num_test_speakers=2)
+
+
+def train_variants(ttq, args):
+    """Train each of ``args.variants`` in this process (main() would start one per variant),
+    then restore the thread count (train_variant sets --threads for its process)."""
+    threads = torch.get_num_threads()
+    try:
+        for name in args.variants:
+            ttq.train_variant(name, args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_learning_rate_variants(ttq):
     args = ttq.parse_args(["--lr", "0.001", "--peak_lr", "0.003"])
     assert args.variants == ttq.DEFAULT_VARIANTS
@@ -33,22 +52,14 @@ def test_learning_rate_variants(ttq):
     assert ttq.budget_lr(1.0, rates["ours+decay2x"]) == 0.0
 
 
-def test_variants_train_and_are_evaluated_at_each_budget(ttq, tmp_path):
-    data = make_demo_data(str(tmp_path / "data"), num_train=8, num_dev=2, num_test=2,
-                          seconds=1.0, sample_rate=8000, num_train_speakers=4,
-                          num_dev_speakers=2, num_test_speakers=2)
+def test_variants_train_and_are_evaluated_at_each_budget(ttq, data, tmp_path):
     out = tmp_path / "out"
     argv = ["--data", data, "--out", str(out), "--sample_rate", "8000", "--clock", "steps",
             "--budgets", "1", "2", "--segment", "0.5", "--variants", "ours", "ours+decay",
             "ours+ema"]
     args = ttq.parse_args(argv)
     os.makedirs(out)
-    threads = torch.get_num_threads()  # train_variant sets --threads for its process
-    try:
-        for name in args.variants:  # in this process (main() would start one per variant)
-            ttq.train_variant(name, args)
-    finally:
-        torch.set_num_threads(threads)
+    train_variants(ttq, args)
     for name in args.variants:
         results = json.loads((out / f"{name}.json").read_text())["results"]
         assert [r["steps"] for r in results] == [1, 2]
@@ -96,10 +107,7 @@ def test_cool_down_trains_a_copy_at_a_rate_falling_to_zero(ttq, tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in copy.named_parameters())
 
 
-def test_cooldown_variant_scores_a_branch_at_each_budget(ttq, tmp_path, monkeypatch):
-    data = make_demo_data(str(tmp_path / "data"), num_train=8, num_dev=2, num_test=2,
-                          seconds=1.0, sample_rate=8000, num_train_speakers=4,
-                          num_dev_speakers=2, num_test_speakers=2)
+def test_cooldown_variant_scores_a_branch_at_each_budget(ttq, data, tmp_path, monkeypatch):
     out = tmp_path / "out"
     os.makedirs(out)
     # half of each budget in the branch: at 2 and 4 steps, branches off steps 1 and 2
@@ -107,12 +115,7 @@ def test_cooldown_variant_scores_a_branch_at_each_budget(ttq, tmp_path, monkeypa
     args = ttq.parse_args(["--data", data, "--out", str(out), "--sample_rate", "8000", "--clock",
                            "steps", "--budgets", "2", "4", "--segment", "0.5", "--variants",
                            "ours", "ours+cooldown"])
-    threads = torch.get_num_threads()
-    try:
-        for name in args.variants:
-            ttq.train_variant(name, args)
-    finally:
-        torch.set_num_threads(threads)
+    train_variants(ttq, args)
     ours, cooled = (json.loads((out / f"{name}.json").read_text())["results"]
                     for name in args.variants)
     assert [r["steps"] for r in cooled] == [r["steps"] for r in ours] == [2, 4]
@@ -120,22 +123,14 @@ def test_cooldown_variant_scores_a_branch_at_each_budget(ttq, tmp_path, monkeypa
     assert all(c["si_snr_i"] != o["si_snr_i"] for c, o in zip(cooled, ours))
 
 
-def test_recipe_variant_runs_train_py_per_budget_and_pairs_with_the_plain_loop(ttq, tmp_path):
-    data = make_demo_data(str(tmp_path / "data"), num_train=8, num_dev=2, num_test=2,
-                          seconds=1.0, sample_rate=8000, num_train_speakers=4,
-                          num_dev_speakers=2, num_test_speakers=2)
+def test_recipe_variant_runs_train_py_per_budget_and_pairs_with_the_plain_loop(ttq, data, tmp_path):
     out = tmp_path / "out"
     argv = ["--data", data, "--out", str(out), "--sample_rate", "8000", "--clock", "steps",
             "--budgets", "3", "--segment", "0.5", "--valid_seconds", "0.5",
             "--variants", "speechbrain", "train.py+cooldown"]
     args = ttq.parse_args(argv)
     os.makedirs(out)
-    threads = torch.get_num_threads()
-    try:
-        for name in args.variants:
-            ttq.train_variant(name, args)
-    finally:
-        torch.set_num_threads(threads)
+    train_variants(ttq, args)
     recipe = json.loads((out / "train.py+cooldown.json").read_text())["results"]
     # the recipe stopped at the step budget, and its test rows came back per mixture
     assert [r["steps"] for r in recipe] == [3]

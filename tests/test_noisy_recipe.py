@@ -6,7 +6,6 @@ one process that imported everything once (tests/entrypoints.py)."""
 import csv
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +16,12 @@ import torch
 from spksep_modules.data.demo import make_demo_data
 from spksep_modules.metrics import si_snr
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # --import-mode=importlib
-from entrypoints import EntryPoints  # noqa: E402
-
 SEPARATION = Path(__file__).resolve().parents[1] / "recipes" / "LibriMix" / "separation"
 SIZES = ["--N=16", "--L=8", "--B=8", "--H=16", "--X=2", "--R=1"]  # a tiny Conv-TasNet
 OPTS = ["--device=cpu", "--noprogressbar", "--num_workers=0", "--segment_seconds=0.5",
         "--batch_size=2", "--number_of_epochs=1"]
 BOTH = ["--mixture_type=mix_both"]
 SINGLE = ["--mixture_type=mix_single", "--num_spks=1"]
-
-
-@pytest.fixture(scope="module")
-def ep():
-    entry_points = EntryPoints()
-    yield entry_points
-    entry_points.close()
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,6 @@ import soundfile as sf
 
 from spksep_modules.data.demo import make_demo_data
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # --import-mode=importlib
-from entrypoints import EntryPoints  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 SEPARATION = ROOT / "recipes" / "LibriMix" / "separation"
 SPEAKER_ID = ROOT / "recipes" / "LibriMix" / "speaker_id"
@@ -48,13 +45,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 # ------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def ep():
-    entry_points = EntryPoints()
-    yield entry_points
-    entry_points.close()
 
 
 @pytest.fixture(scope="module")

@@ -209,9 +209,7 @@ def folder_utterances(folder, sample_rate):
     ...
     spksep_modules.SpkSepError: no_such_folder: dm_folder not found
     """
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise SpkSepError(f"{folder}: dm_folder not found")
+    folder = _existing_folder(folder, "dm_folder")
     paths = []
     for speaker in sorted(os.listdir(folder)):
         speaker_dir = os.path.join(folder, speaker)
@@ -267,9 +265,7 @@ def noise_files(folder, sample_rate):
     ...
     spksep_modules.SpkSepError: no_such_folder: dm_noise_folder not found
     """
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise SpkSepError(f"{folder}: dm_noise_folder not found")
+    folder = _existing_folder(folder, "dm_noise_folder")
     paths = sorted(
         os.path.join(parent, name)
         for parent, _, names in os.walk(folder)
@@ -280,18 +276,19 @@ def noise_files(folder, sample_rate):
         raise SpkSepError(f"{folder}: dm_noise_folder holds no .wav or .flac files")
     files = []
     for path in paths:
-        try:
-            info = sf.info(path)
-        except (sf.LibsndfileError, RuntimeError) as err:
-            raise SpkSepError(f"{path}: cannot read audio header ({_reason(err)})") from None
-        if info.samplerate != sample_rate:
-            raise SpkSepError(f"{path}: {sample_rate} Hz expected, file is {info.samplerate} Hz "
-                              "(dynamic mixing does not resample: give dm_noise_folder a copy at "
-                              "the recipe's rate)")
-        if info.frames == 0:
-            raise SpkSepError(f"{path}: file is empty (0 samples)")
+        info = check_header(path, sample_rate, mono=False, rate_hint=(
+            " (dynamic mixing does not resample: give dm_noise_folder a copy at the recipe's rate)"))
         files.append(NoiseFile(path, info.frames))
     return files
+
+
+def _existing_folder(folder, key):
+    """``folder`` as a string, once it is known to be a folder (``key``: the recipe key that
+    names it, for the error)."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise SpkSepError(f"{folder}: {key} not found")
+    return folder
 
 
 def read_noise(noise, start, length):

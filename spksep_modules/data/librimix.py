@@ -433,15 +433,16 @@ def _scan_split(split_dir, layout):
     ]
 
 
-def check_header(path, sample_rate, rate_hint=""):
+def check_header(path, sample_rate, rate_hint="", mono=True):
     """``soundfile`` info of ``path`` after the header checks every reader of training audio
-    makes: readable, mono, at ``sample_rate`` (``rate_hint`` is appended to that error),
-    not empty. Each failure is one ``SpkSepError`` line naming the file."""
+    makes: readable, mono (unless ``mono=False``), at ``sample_rate`` (``rate_hint`` is
+    appended to that error), not empty. Each failure is one ``SpkSepError`` line naming
+    the file."""
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise SpkSepError(f"{path}: cannot read audio header ({_reason(err)})") from None
-    if info.channels != 1:
+    if mono and info.channels != 1:
         raise SpkSepError(f"{path}: expected mono, got {info.channels} channels")
     if info.samplerate != sample_rate:
         raise SpkSepError(f"{path}: {sample_rate} Hz expected, file is {info.samplerate} Hz"

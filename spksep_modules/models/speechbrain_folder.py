@@ -95,12 +95,17 @@ def is_speechbrain_folder(path) -> bool:
         return False
     if any(os.path.lexists(os.path.join(path, f)) for f in FILES[1:]):
         return True
+    text = _hparams_text(path)
+    return text is not None and re.search(r"^(modules|MaskNet)\s*:", text, re.MULTILINE) is not None
+
+
+def _hparams_text(path):
+    """The text of the folder's ``hyperparams.yaml``; ``None`` when it cannot be read."""
     try:
         with open(os.path.join(path, HPARAMS), encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except (OSError, UnicodeDecodeError):
-        return False
-    return re.search(r"^(modules|MaskNet)\s*:", text, re.MULTILINE) is not None
+        return None
 
 
 # ------------------------------------------------------------------ reading the yaml
@@ -344,12 +349,8 @@ def is_speechbrain_training_folder(path) -> bool:
         return False
     if glob.glob(os.path.join(glob.escape(save), "CKPT+*", "masknet.ckpt")):
         return True
-    try:
-        with open(os.path.join(path, HPARAMS), encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError):
-        return False
-    return (re.search(r"^MaskNet\s*:", text, re.MULTILINE) is not None
+    text = _hparams_text(path)
+    return (text is not None and re.search(r"^MaskNet\s*:", text, re.MULTILINE) is not None
             and re.search(r"^separator\s*:", text, re.MULTILINE) is None)
 
 
