@@ -167,7 +167,9 @@ class SeparationBrain(NonFiniteBrain):
         if self.budget is None:
             return self.step_limit is not None and self.optimizer_step >= self.step_limit
         done = self.budget.exhausted(self.optimizer_step, self.step_limit)
-        if _processes() > 1 and torch.distributed.is_initialized():
+        # Only minutes differ between processes (step counts agree): no per-step
+        # all-reduce for runs without a time budget.
+        if self.budget.minutes is not None and _processes() > 1 and torch.distributed.is_initialized():
             flag = torch.tensor(float(done), device=self.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             done = bool(flag.item())
@@ -176,7 +178,8 @@ class SeparationBrain(NonFiniteBrain):
     def fit(self, epoch_counter, *args, **kwargs):
         # A rerun of a finished budgeted run goes straight to testing, rather than
         # validating (and checkpointing) its last model once more per rerun.
-        if self.budget is not None and self.checkpointer is not None:
+        if (self.budget is not None and self.budget.limited(self.step_limit)
+                and self.checkpointer is not None):
             self.checkpointer.recover_if_possible()
             if self.budget.exhausted(self.optimizer_step, self.step_limit):
                 logger.info("the training budget is spent: no more training")

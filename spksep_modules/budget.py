@@ -91,9 +91,12 @@ class TrainingBudget:
             parts.append(step / step_limit)
         return min(1.0, max(parts))
 
+    def limited(self, step_limit=None) -> bool:
+        """Whether the run has an end: minutes, or a step limit."""
+        return self.minutes is not None or bool(step_limit)
+
     def exhausted(self, step=0, step_limit=None) -> bool:
-        limited = self.minutes is not None or bool(step_limit)
-        return limited and self.fraction(step, step_limit) >= 1.0
+        return self.limited(step_limit) and self.fraction(step, step_limit) >= 1.0
 
     def lr_factor(self, step=0, step_limit=None) -> float:
         """1 until the cool-down starts, then linearly down to 0 at the budget's end."""
@@ -104,7 +107,7 @@ class TrainingBudget:
 
     def scale_lr(self, optimizer, step=0, step_limit=None):
         """Set each group's rate to its base rate times ``lr_factor`` (no-op without cool-down)."""
-        if not self.cooldown or (self.minutes is None and not step_limit):
+        if not self.cooldown or not self.limited(step_limit):
             return
         if self.base_lrs is None:
             self.keep_lr(optimizer)
