@@ -240,7 +240,7 @@ def _lanes(names, jobs, seeds):
 
 
 def main(argv=None):
-    """``make demo``: write the demo set under ``--workdir``, train and test ``--models``
+    """``make demo``: write the demo set under ``--workdir`` (or take ``--data``), train and test ``--models``
     (default: all of ``MODELS``; the conditioned model starts from the trained baseline,
     the continued baseline too) ``--seeds`` times each, print Table I and the gains over
     the baseline (and of the conditioned model over the continued baseline), and write
@@ -253,12 +253,20 @@ def main(argv=None):
     ... except SystemExit as exit:
     ...     exit.code
     2
+    >>> try:  # so is a --data folder that is not in LibriMix's layout
+    ...     main(["--workdir", "demo_run", "--data", "no/such/folder"])
+    ... except SystemExit as exit:
+    ...     exit.code
+    2
     """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default="demo_run")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--jobs", type=int, default=max(2, (os.cpu_count() or 1) // 2),
                         help="models trained at once (default: half the CPU cores, at least 2)")
+    parser.add_argument("--data", help="train on this LibriMix-layout folder (the one holding "
+                        "wav8k/ or wav16k/, e.g. .../Libri2Mix) instead of writing the "
+                        "synthetic demo set: the same models and sizes on real speech")
     parser.add_argument("--seeds", type=int, default=1,
                         help="train every model this many times, seeds 1234, 1235, ... into "
                              "runs/<model>_seed<seed>; the table averages over seeds and adds "
@@ -268,7 +276,13 @@ def main(argv=None):
         parser.error("--seeds: at least 1")
     seeds = (None,) if args.seeds == 1 else tuple(FIRST_SEED + i for i in range(args.seeds))
 
-    data = make_demo_data(os.path.join(args.workdir, "data"), **DATA)
+    if args.data:
+        data = os.path.abspath(args.data)
+        if not any(os.path.isdir(os.path.join(data, rate)) for rate in ("wav8k", "wav16k")):
+            parser.error(f"--data: {data} holds no wav8k/ or wav16k/ folder (expected a "
+                         "LibriMix-layout folder such as .../Libri2Mix)")
+    else:
+        data = make_demo_data(os.path.join(args.workdir, "data"), **DATA)
     runs = os.path.join(args.workdir, "runs")
     start = time.time()
     jobs = max(1, args.jobs)

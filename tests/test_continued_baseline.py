@@ -124,3 +124,16 @@ def test_demo_prints_the_conditioned_model_over_the_continued_baseline(runs, mon
     assert line.startswith("[demo] Conditioning vs Conv-TasNet (continued) (same extra CPU "
                            f"minutes): {WANT:+.2f} dB")
     assert line.endswith("(60 test mixtures)") and "95% interval [+" in line
+
+
+def test_demo_trains_on_a_given_librimix_folder_without_writing_the_demo_set(runs, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "real" / "Libri2Mix"
+    (data / "wav16k" / "min").mkdir(parents=True)
+    trained_on = []
+    monkeypatch.setattr(demo, "make_demo_data", lambda folder, **sizes: pytest.fail("wrote the demo set"))
+    monkeypatch.setattr(demo, "train_all", lambda names, data_dir, runs_dir, jobs:
+                        trained_on.append(data_dir) or list(map(str, runs.values())))
+    monkeypatch.setattr(demo, "plot_runs", lambda run_dirs, out: [])
+    demo.main(["--workdir", str(tmp_path / "w"), "--data", str(data)])
+    assert trained_on == [str(data)]
+    assert OVER in capsys.readouterr().out
