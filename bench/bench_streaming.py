@@ -23,8 +23,8 @@ import torch
 
 from spksep_modules.models import ConditionedSeparator, ConvTasNet
 from spksep_modules.nnet.frozen import Frozen
-from spksep_modules.streaming import StreamingSeparator
-from spksep_modules.streaming_conditioned import StreamingConditionedSeparator
+from spksep_modules.deploy.streaming import StreamingSeparator
+from spksep_modules.deploy.streaming_conditioned import StreamingConditionedSeparator
 
 
 def measure(rate, chunk_ms, seconds, threads):

@@ -397,7 +397,7 @@ def separate_files(files, run_dir: str, out_dir: str, device: str = "cpu",
     separator, model_rate = load_run(run_dir, device)
     separate = None
     if stream:
-        from spksep_modules.streaming_conditioned import chunk_samples, make_streamer
+        from spksep_modules.deploy.streaming_conditioned import chunk_samples, make_streamer
 
         chunk = chunk_samples(model_rate, stream_chunk_ms)
         streamer = make_streamer(separator, model_rate, refresh_seconds, window_seconds)

@@ -8,7 +8,7 @@ from spksep_modules.audio import read_wav, write_wav
 from spksep_modules.inference import separate_files
 from spksep_modules.models import ConvTasNet, fuse_for_inference
 from spksep_modules.nnet.cpu_kernels import use_cpu_kernels
-from spksep_modules.streaming import FrameHistory, StreamingSeparator
+from spksep_modules.deploy.streaming import FrameHistory, StreamingSeparator
 
 from deploy_helpers import RATE, tiny_conditioned, tiny_convtasnet, write_run
 

@@ -11,7 +11,7 @@ from spksep_modules.models import ConditionedSeparator
 from spksep_modules.nnet.filterbank import encode_padded
 from spksep_modules.nnet.frozen import Frozen
 from spksep_modules.speakers.ge2e import GE2E
-from spksep_modules.streaming_conditioned import (
+from spksep_modules.deploy.streaming_conditioned import (
     StreamingConditionedSeparator,
     offline_reference,
 )
@@ -163,7 +163,7 @@ def test_separate_files_and_the_cli_stream_a_conditioned_run(tmp_path, capsys):
 
 
 def test_stream_chunks_follow_the_models_rate(tmp_path, monkeypatch):
-    from spksep_modules.streaming import StreamingSeparator
+    from spksep_modules.deploy.streaming import StreamingSeparator
 
     chunks = []
     plain = StreamingSeparator.separate_signal

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from spksep_modules import SpkSepError
 from spksep_modules.nnet.filterbank import encode_padded, padded_length
 from spksep_modules.nnet.norms import ChannelNorm
-from spksep_modules.streaming import StreamingSeparator
+from spksep_modules.deploy.streaming import StreamingSeparator
 
 
 def chunk_samples(sample_rate: int, chunk_ms: float) -> int:
