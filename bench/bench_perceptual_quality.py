@@ -21,7 +21,7 @@ import sys
 
 from spksep_modules.data.demo import make_demo_data
 from spksep_modules.demo import DATA, RECIPE, SMALL
-from spksep_modules.stats import paired_difference
+from spksep_modules.reports.stats import paired_difference
 
 MODELS = ["convtasnet", "weighted_sum", "triplet_like", "ablation_pos", "ablation_neg"]
 

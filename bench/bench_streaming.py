@@ -3,10 +3,10 @@ Conv-TasNet at the paper's sizes (N=512, L=16, B=128, H=512, P=3, X=8, R=3).
 
 RTF = compute time per chunk / chunk duration (<= 1 keeps up with the input; the issue's
 target is <= 0.5 for 10 ms chunks). Algorithmic latency = chunk + L - 1 samples (see
-``spksep_modules.streaming``). Weights are random: speed does not depend on them.
+``spksep_modules.deploy.streaming``). Weights are random: speed does not depend on them.
 
 Then the same for the speaker-conditioned pipeline streamed
-(``spksep_modules.streaming_conditioned``): that causal Conv-TasNet as basic model, a
+(``spksep_modules.deploy.streaming_conditioned``): that causal Conv-TasNet as basic model, a
 speaker network (GE2E or RawNet2 at the authors' sizes, random weights) and the 40-layer,
 64-channel FiLM'd stack with the estimate cue and residual corrections, embeddings
 refreshed every ``--refresh_seconds`` from the last ``--window_seconds``. Its latency is
@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from spksep_modules.models import ConditionedSeparator, ConvTasNet
-from spksep_modules.nnet.frozen import Frozen
 from spksep_modules.deploy.streaming import StreamingSeparator
 from spksep_modules.deploy.streaming_conditioned import StreamingConditionedSeparator
+from spksep_modules.models import ConditionedSeparator, ConvTasNet
+from spksep_modules.nnet.frozen import Frozen
 
 
 def measure(rate, chunk_ms, seconds, threads):

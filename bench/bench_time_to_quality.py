@@ -22,7 +22,7 @@ Variants (``--variants``), each changing one thing in one before it:
   ``--peak_lr``), then cosine to zero at the budget's end; ``ours+decay2x`` peaks at twice it.
 - ``train.py``: the user's path: ``recipes/LibriMix/separation/train.py
   hparams/convtasnet.yaml`` at the same sizes, one run per budget with ``budget_minutes``
-  (``spksep_modules.budget``; ``--optimizer_step_limit`` with ``--clock steps``), its
+  (``spksep_modules.training.budget``; ``--optimizer_step_limit`` with ``--clock steps``), its
   validation (dev utterances cut to ``--valid_seconds``), checkpoints and best-checkpoint
   selection included in the budget, tested by the recipe itself; ``train.py+cooldown``
   adds ``cooldown: 0.15``, ``train.py+lr2x+cooldown`` at twice the rate.
@@ -283,7 +283,7 @@ def train_via_recipe(name, args):
     """``train.py hparams/convtasnet.yaml`` at the bench's sizes, one run per budget (each
     from scratch: its cool-down needs to know where it ends). The budget is charged from
     the start of ``fit`` to its end, validation and checkpoints included
-    (``spksep_modules.budget``); the test is not. Data loading runs in the process
+    (``spksep_modules.training.budget``); the test is not. Data loading runs in the process
     (``num_workers: 0``), as in the plain loop, so the CPU clock charges it."""
     import csv
 
@@ -464,7 +464,7 @@ def paired_gain(result, baseline):
     interval ('-' where either lacks per-mixture scores)."""
     if not (result and baseline and "per_mixture" in result and "per_mixture" in baseline):
         return "-"
-    from spksep_modules.stats import paired_difference
+    from spksep_modules.reports.stats import paired_difference
 
     ours = dict(zip(result["per_mixture"]["ids"], result["per_mixture"]["si_snr_i"]))
     base = dict(zip(baseline["per_mixture"]["ids"], baseline["per_mixture"]["si_snr_i"]))

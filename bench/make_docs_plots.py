@@ -24,8 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from spksep_modules.data.demo import make_demo_data  # noqa: E402
-from spksep_modules.plots import plot_runs  # noqa: E402
-from spksep_modules.tables import tables  # noqa: E402
+from spksep_modules.reports.plots import plot_runs  # noqa: E402
+from spksep_modules.reports.tables import tables  # noqa: E402
 
 RECIPE = os.path.join(ROOT, "recipes", "LibriMix", "separation")
 SMALL = ["--N=64", "--L=16", "--B=32", "--H=64", "--P=3", "--X=4", "--R=2", "--batch_size=8",

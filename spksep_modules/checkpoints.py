@@ -1,5 +1,7 @@
 """Checkpoint safety: a SpeechBrain Checkpointer that survives being killed at any moment,
-and one check that a loaded state dict fits a model (:func:`check_state_dict`).
+one check that a loaded state dict fits a model (:func:`check_state_dict`), and one that
+an output folder can be written before any work goes into it
+(:func:`prepare_output_folder`: runs, exports, figures).
 
 SpeechBrain lists a folder ``CKPT+...`` as a checkpoint as soon as its ``CKPT.yaml`` exists,
 but it writes that file *before* the parameter files and deletes old checkpoints with a
@@ -15,6 +17,7 @@ import fnmatch
 import logging
 import os
 import shutil
+import tempfile
 import time
 import traceback
 
@@ -210,3 +213,33 @@ def check_state_dict(expected, state: dict, path, what: str, ignore=()) -> None:
         problems.append(f"shape mismatch for {mismatched[0]}{more}")
     if problems:
         raise SpkSepError(f"{path}: not {what}: {'; '.join(problems)}")
+
+
+def prepare_output_folder(output_folder) -> str:
+    """Creates ``output_folder`` and checks that files can be written in it; returns it.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile() as f:  # doctest: +ELLIPSIS
+    ...     prepare_output_folder(os.path.join(f.name, "run"))
+    Traceback (most recent call last):
+        ...
+    spksep_modules.SpkSepError: .../run: cannot create the output folder (Not a directory)
+    """
+    if not isinstance(output_folder, (str, os.PathLike)) or not os.fspath(output_folder):
+        raise SpkSepError(f"output_folder: expected a folder path, got {output_folder!r}")
+    path = os.fspath(output_folder)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SpkSepError(f"{path}: the output folder is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise SpkSepError(f"{path}: cannot create the output folder ({err.strerror})") from None
+    try:  # every process its own probe: DDP processes may share the folder
+        fd, probe = tempfile.mkstemp(prefix=".write_test", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise SpkSepError(f"{path}: cannot write in the output folder ({err.strerror})") from None
+    return path

@@ -5,7 +5,7 @@ import os
 import sys
 
 from spksep_modules import SpkSepError, one_line
-from spksep_modules.runtime import keep_freed_memory
+from spksep_modules.deploy.malloc_tuning import keep_freed_memory
 
 
 def _demo_data(args):
@@ -16,9 +16,9 @@ def _demo_data(args):
 
 
 def _separate(args):
-    from spksep_modules.inference import resolve_precision, separate_files
+    from spksep_modules.deploy.separate import resolve_precision, separate_files
 
-    keep_freed_memory()  # chunks of one size: reuse their pages (see runtime.py)
+    keep_freed_memory()  # chunks of one size: reuse their pages (see malloc_tuning.py)
     precision = resolve_precision(args.precision, args.device)
     print(f"separating in {precision}" + (" (auto)" if args.precision == "auto" else ""),
           file=sys.stderr)
@@ -49,19 +49,19 @@ def _separate(args):
 
 
 def _export(args):
-    from spksep_modules.export import export_run
+    from spksep_modules.deploy.export import export_run
 
     print(export_run(args.run, args.format, args.out, example_seconds=args.example_seconds))
 
 
 def _package(args):
-    from spksep_modules.package import package_run
+    from spksep_modules.deploy.package import package_run
 
     print(package_run(args.run, args.out))
 
 
 def _table(args):
-    from spksep_modules.tables import report, write_records
+    from spksep_modules.reports.tables import report, write_records
 
     text, data = report(args.runs, significance=not args.no_significance,
                         baseline=args.baseline, metric=args.metric,
@@ -71,7 +71,7 @@ def _table(args):
 
 
 def _plot(args):
-    from spksep_modules.plots import plot_runs
+    from spksep_modules.reports.plots import plot_runs
 
     written = plot_runs(args.runs, args.out, plots=args.plots, baseline=args.baseline,
                         mixture=args.mixture, device=args.device)

@@ -37,9 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from spksep_modules import SpkSepError
 from spksep_modules.data.demo import make_demo_data
-from spksep_modules.plots import plot_runs
-from spksep_modules.runs import budget_spent
-from spksep_modules.tables import CONTINUED_MODEL, model_label, read_summary, report
+from spksep_modules.reports.plots import plot_runs
+from spksep_modules.reports.run_logs import budget_spent
+from spksep_modules.reports.tables import CONTINUED_MODEL, model_label, read_summary, report
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "LibriMix", "separation")
 

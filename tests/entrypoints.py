@@ -4,7 +4,7 @@ Starting ``python train.py`` costs 3-5 s of imports; a matrix of dozens of rows 
 pay that each time. :class:`EntryPoints` starts one *zygote* process that imports torch,
 SpeechBrain and spksep once and then, per request, forks a child that runs the entry point
 exactly as the command line would: ``train.py`` through ``runpy`` as ``__main__`` (so
-``spksep_modules.recipe.run(main)`` handles errors: ``error: ...`` on stderr, exit status
+``spksep_modules.training.recipe.run(main)`` handles errors: ``error: ...`` on stderr, exit status
 2), ``spksep`` through ``sys.exit(spksep_modules.cli.main(argv))``; an uncaught exception
 goes through ``sys.excepthook`` and exits with status 1, as in a fresh interpreter. The
 child's stdout and stderr (file descriptors 1 and 2) are captured, and its exit status or
@@ -96,17 +96,17 @@ def _preload():
     import torch
     import torch._dynamo  # noqa: F401 (what torch.optim imports on first use: ~3 s)
 
-    import spksep_modules.brains  # noqa: F401
+    import spksep_modules.training.brains  # noqa: F401
     import spksep_modules.checkpoints  # noqa: F401
     import spksep_modules.cli  # noqa: F401
     import spksep_modules.data.librimix  # noqa: F401
     import spksep_modules.data.pipeline  # noqa: F401
     import spksep_modules.data.speakers  # noqa: F401
     import spksep_modules.features  # noqa: F401
-    import spksep_modules.inference  # noqa: F401
+    import spksep_modules.deploy.separate  # noqa: F401
     import spksep_modules.losses  # noqa: F401
     import spksep_modules.models  # noqa: F401
-    import spksep_modules.recipe  # noqa: F401
+    import spksep_modules.training.recipe  # noqa: F401
     import spksep_modules.speakers  # noqa: F401
     import spksep_modules.speakers.ge2e  # noqa: F401
     import spksep_modules.speakers.rawnet2  # noqa: F401
@@ -328,9 +328,9 @@ def nan_loss(every=1, max_consecutive=None):
 
     import torch
 
-    import spksep_modules.brains as brains
+    import spksep_modules.training.brains as brains
     from spksep_modules.losses import SeparationLoss
-    from spksep_modules.nonfinite import SkipNonFinite
+    from spksep_modules.training.nonfinite import SkipNonFinite
 
     real_forward, calls = SeparationLoss.forward, [0]
 
@@ -391,7 +391,7 @@ def rss_per_epoch(path):
 
     import speechbrain as sb
 
-    import spksep_modules.brains as brains
+    import spksep_modules.training.brains as brains
 
     page = os.sysconf("SC_PAGE_SIZE")
     real = brains.SeparationBrain.on_stage_end

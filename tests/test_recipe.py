@@ -262,14 +262,14 @@ def speechbrain_results(tmp_path_factory):
 
 
 def test_conditioning_on_a_speechbrain_training_folder(data, speechbrain_results, tmp_path):
-    from spksep_modules.inference import load_run
+    from spksep_modules.loading import load_separator
 
     out = tmp_path / "cond"
     run(SEPARATION, ["hparams/conditioning.yaml", f"--data_folder={data}", f"--output_folder={out}",
                      f"--basic_model={speechbrain_results / 'convtasnet' / '1234'}",
                      "--speaker_net=ge2e", *COND])
     check_run_outputs(out, "conditioning")
-    model, _ = load_run(out)  # the run rebuilds alone, SpeechBrain's Conv-TasNet inside
+    model, _ = load_separator(out)  # the run rebuilds alone, SpeechBrain's Conv-TasNet inside
     assert type(model.basic_model).__name__ == "SpeechBrainConvTasNet"
 
 
@@ -315,9 +315,9 @@ def baseline3(data3, tmp_path_factory):
 def three_outputs(run_dir):
     import torch
 
-    from spksep_modules.inference import load_run
+    from spksep_modules.loading import load_separator
 
-    model, _ = load_run(run_dir)
+    model, _ = load_separator(run_dir)
     with torch.no_grad():
         return model(torch.randn(1, 8000)).shape[-1]
 

@@ -577,7 +577,7 @@ def epochs_logged(out):
 
 
 def test_disk_full_while_a_checkpoint_is_saved_keeps_the_previous_one(ep, master, tmp_path):
-    from spksep_modules.inference import load_run
+    from spksep_modules.loading import load_separator
 
     for how in ("torch", "meta"):  # torch.save fails half-way / CKPT.yaml cannot be written
         out = tmp_path / how
@@ -587,7 +587,7 @@ def test_disk_full_while_a_checkpoint_is_saved_keeps_the_previous_one(ep, master
                               "free some space and rerun the same command to resume")
         assert len(list(out.glob("save/CKPT+*"))) == 1, "the half-written checkpoint was not removed"
         assert_checkpoints_load(out)
-        separator, _ = load_run(out)  # the previous checkpoint still serves inference
+        separator, _ = load_separator(out)  # the previous checkpoint still serves inference
         assert epochs_logged(out) == [1]  # epoch 2's line waits for its checkpoint
         # Space freed: the same command resumes from the epoch-1 checkpoint and finishes.
         offset = log_size(out)

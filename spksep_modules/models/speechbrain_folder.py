@@ -33,18 +33,19 @@ other is a one-line error naming it.
 :func:`load_speechbrain_folder` turns either kind of folder into a separator with its
 weights, so it can separate (``spksep separate --model FOLDER``), be the conditioned
 model's ``basic_model``, or give the initial weights of a fine-tuning run of the same
-family and sizes (:func:`initialised`, the yaml's ``init_from``: ``sepformer.yaml`` for a
-SepFormer). Nothing is downloaded: the yaml is read, not run (its ``pretrainer`` is never
-built); its ``!new:`` arguments, references resolved by HyperPyYAML, become our class's
-constructor arguments, so the model it describes is rebuilt by our class and its
-checkpoints record plain numbers.
+family and sizes (the yaml's ``init_from``: ``sepformer.yaml`` for a SepFormer); those
+uses go through :mod:`spksep_modules.loading`, which takes this folder as any other.
+Nothing is downloaded: the yaml is read, not run (its ``pretrainer`` is never built); its
+``!new:`` arguments, references resolved by HyperPyYAML, become our class's constructor
+arguments, so the model it describes is rebuilt by our class and its checkpoints record
+plain numbers.
 
 Sample rates are checked, not converted. ``spksep separate`` resamples the recordings to
 the folder's rate (as SpeechBrain's ``separate_file`` does). A model trained at 8 kHz
 is not an initialisation or a basic model for 16 kHz data: its filters would see every
 frequency doubled and its outputs would lack everything above 4 kHz. That is a one-line
-error naming both rates; train at the folder's rate instead (``--sample_rate=8000``
-reads Libri2Mix's ``wav8k``).
+error naming both rates (``loading.check_sample_rate``); train at the folder's rate
+instead (``--sample_rate=8000`` reads Libri2Mix's ``wav8k``).
 
 :func:`save_speechbrain_folder` writes the published layout from a SepFormer, which
 SpeechBrain's ``SepformerSeparation.from_hparams(source=FOLDER)`` loads (or from a
@@ -611,67 +612,3 @@ MaskNet: !new:{DUAL_PATH}.Dual_Path_Model
   max_length: {c['max_length']}
 
 """ + _filterbank_yaml(c["N"], c["kernel_size"])
-
-
-# ------------------------------------------------------------------ uses
-def check_sample_rate(source, rate, data_rate, what):
-    """One-line error unless a model at ``rate`` Hz (from ``source``) fits data at
-    ``data_rate`` Hz (``None``: unchecked). Models are not resampled (module docstring).
-
-    Example
-    -------
-    >>> check_sample_rate("sepformer-libri2mix", 8000, 8000, "init_from")
-    >>> check_sample_rate("sepformer-libri2mix", 8000, 16000, "init_from")
-    Traceback (most recent call last):
-        ...
-    spksep_modules.SpkSepError: init_from: sepformer-libri2mix separates at 8000 Hz but sample_rate is 16000: train at its rate (--sample_rate=8000, LibriMix's wav8k) or use a model trained at 16000 Hz
-    """
-    if data_rate is None or int(rate) == int(data_rate):
-        return
-    raise SpkSepError(
-        f"{what}: {source} separates at {int(rate)} Hz but sample_rate is {int(data_rate)}: "
-        f"train at its rate (--sample_rate={int(rate)}, LibriMix's wav{int(rate) // 1000}k) "
-        f"or use a model trained at {int(data_rate)} Hz")
-
-
-def initialised(separator, init_from=None, sample_rate=None):
-    """``separator`` with the weights of ``init_from`` (a SpeechBrain separator or
-    training folder, or a ``train.py`` run folder) of the same family and sizes, or as it
-    is when ``init_from`` is null: the start of
-    a fine-tuning run (the yaml's ``init_from``). The sizes must match (a one-line error
-    names the one to set), and so must the sample rates (``check_sample_rate``).
-
-    A resumed run then loads its own checkpoint over these weights, as any run does.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> small = dict(N=16, num_layers=1, K=10, intra_layers=1, inter_layers=1, nhead=2,
-    ...              d_ffn=32)
-    >>> trained, folder = SepFormer(**small), tempfile.TemporaryDirectory()
-    >>> save_speechbrain_folder(trained, folder.name, sample_rate=16000)
-    >>> model = initialised(SepFormer(**small), folder.name, sample_rate=16000)
-    >>> torch.equal(model.encoder.weight, trained.encoder.weight)
-    True
-    >>> initialised(SepFormer(**{**small, "N": 32}), folder.name)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-        ...
-    spksep_modules.SpkSepError: init_from: ...: checkpoint was trained with N=16, the model here has N=32: set N=16 (or retrain)
-    >>> folder.cleanup()
-    """
-    if init_from is None or init_from == "":
-        return separator
-    from spksep_modules.inference import load_run
-
-    init_from = os.fspath(init_from)
-    if not os.path.isdir(init_from):
-        raise SpkSepError(f"init_from: {init_from!r} is not a folder (expected a SpeechBrain "
-                          "separator folder such as sepformer-libri2mix, a SpeechBrain "
-                          "training folder, or a run folder)")
-    source, rate = load_run(init_from)
-    check_sample_rate(init_from, rate, sample_rate, "init_from")
-    try:
-        separator.load_state_dict(source.state_dict())
-    except SpkSepError as err:
-        raise SpkSepError(f"init_from: {init_from}: {err}") from None
-    return separator

@@ -270,7 +270,7 @@ def test_dataloader_workers_build_different_mixtures_and_the_same_batches(uttera
 
 
 def test_the_brain_tells_the_dataset_each_training_epoch(utterances):
-    from spksep_modules.brains import SeparationBrain
+    from spksep_modules.training.brains import SeparationBrain
     from spksep_modules.losses import SeparationLoss
     from spksep_modules.models import ConvTasNet
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spksep_modules import SpkSepError
-from spksep_modules.export import export_run, export_separator
+from spksep_modules.deploy.export import export_run, export_separator
 from spksep_modules.models import SepFormer
 
 from deploy_helpers import RATE, tiny_convtasnet, write_run
@@ -152,7 +152,7 @@ def test_conditioned_export_matches_pytorch_at_any_length(tmp_path, fmt, speaker
 
 @pytest.mark.parametrize("speaker", SPEAKER_NETS)
 def test_the_exported_copy_keeps_the_state_dict_keys(speaker):
-    from spksep_modules.export import exportable
+    from spksep_modules.deploy.export import exportable
 
     model = conditioned(speaker)
     copy = exportable(model)
@@ -201,7 +201,7 @@ def test_export_of_a_run_folder_and_bad_format(tmp_path):
 
 
 def test_a_model_trained_with_bf16_products_exports_its_plain_fp32_layers(tmp_path):
-    from spksep_modules.export import exportable
+    from spksep_modules.deploy.export import exportable
     from spksep_modules.models import ConvTasNet
 
     torch.manual_seed(0)

@@ -10,8 +10,9 @@ import torch
 
 from spksep_modules import SpkSepError
 from spksep_modules.audio import read_wav, write_wav
-from spksep_modules.inference import PretrainedSeparator, load_run, separate_files
-from spksep_modules.package import is_package, package_run, save_package
+from spksep_modules.deploy.package import package_run, save_package
+from spksep_modules.deploy.separate import PretrainedSeparator, separate_files
+from spksep_modules.loading import is_package, load_separator
 
 from deploy_helpers import RATE, tiny_conditioned, tiny_convtasnet, write_run
 
@@ -91,7 +92,7 @@ def test_package_survives_moving_and_deleting_the_run_and_its_basic_model(tmp_pa
         model = tiny_convtasnet()
     else:
         basic_run = write_run(tmp_path / "basic", tiny_convtasnet())
-        basic, _ = load_run(str(basic_run))
+        basic, _ = load_separator(str(basic_run))
         model = tiny_conditioned()
         model.basic_model.load_state_dict(basic.state_dict())
     run = write_run(tmp_path / "run", model)

@@ -5,7 +5,7 @@ import torch
 
 from spksep_modules import SpkSepError
 from spksep_modules.audio import read_wav, write_wav
-from spksep_modules.inference import separate_files
+from spksep_modules.deploy.separate import separate_files
 from spksep_modules.models import ConvTasNet, fuse_for_inference
 from spksep_modules.nnet.cpu_kernels import use_cpu_kernels
 from spksep_modules.deploy.streaming import FrameHistory, StreamingSeparator

@@ -6,7 +6,8 @@ import torch
 
 from spksep_modules import SpkSepError
 from spksep_modules.audio import read_wav, write_wav
-from spksep_modules.inference import _match_mixture_scale, load_run, separate_files
+from spksep_modules.deploy.separate import _match_mixture_scale, separate_files
+from spksep_modules.loading import load_separator
 from spksep_modules.models import ConditionedSeparator
 from spksep_modules.nnet.filterbank import encode_padded
 from spksep_modules.nnet.frozen import Frozen
@@ -142,7 +143,7 @@ def test_separate_files_and_the_cli_stream_a_conditioned_run(tmp_path, capsys):
     run = conditioned_run(tmp_path / "run")
     mix = mixture(length=2400)
     write_wav(tmp_path / "mix.wav", mix, RATE)
-    model, _ = load_run(str(run))
+    model, _ = load_separator(str(run))
     want = _match_mixture_scale(offline_reference(model, mix, RATE, **SCHEDULE), mix)
     written = separate_files([tmp_path / "mix.wav"], str(run), str(tmp_path / "a"),
                              precision="fp32", stream=True, stream_chunk_ms=4.625,

@@ -8,7 +8,7 @@ import torch
 
 from spksep_modules import SpkSepError
 from spksep_modules.checkpoints import AtomicCheckpointer
-from spksep_modules.inference import load_basic_model, load_run
+from spksep_modules.loading import load_basic_model, load_separator
 from spksep_modules.models import (
     ConditionedSeparator,
     ConvTasNet,
@@ -92,7 +92,7 @@ def test_run_folders_rebuild_from_the_checkpoint_not_the_yaml(tmp_path):
     model = tiny(X=3)
     # The yaml would build another model: the checkpoint's description wins.
     run = write_run(tmp_path / "run", model, "sample_rate: 8000\nseparator: null\n")
-    loaded, rate = load_run(str(run))
+    loaded, rate = load_separator(str(run))
     assert rate == 8000 and loaded.config["X"] == 3
     assert load_basic_model(str(run), {"N": 16, "X": None}).config == loaded.config
     with pytest.raises(SpkSepError, match="trained with X=3, this yaml asks for X=2"):
@@ -108,7 +108,7 @@ def test_old_run_folders_load_or_are_refused_in_one_line(tmp_path):
                   "    kind: weighted_sum\n")
     model = tiny()
     run = write_run(tmp_path / "old", model, old_yaml, strip_description=True)
-    loaded, _ = load_run(str(run))  # rebuilt from its yaml, training-only keys skipped
+    loaded, _ = load_separator(str(run))  # rebuilt from its yaml, training-only keys skipped
     mix = torch.randn(1, 900)
     with torch.no_grad():
         torch.testing.assert_close(loaded(mix), model.eval()(mix))
@@ -116,4 +116,4 @@ def test_old_run_folders_load_or_are_refused_in_one_line(tmp_path):
     moved = old_yaml.replace("spksep_modules.models.ConvTasNet", "spksep_modules.models.RawNet2")
     run = write_run(tmp_path / "moved", model, moved, strip_description=True)
     with pytest.raises(SpkSepError, match="older spksep.*retrain it with"):
-        load_run(str(run))
+        load_separator(str(run))

@@ -189,7 +189,7 @@ def test_cpu_kernels_and_plain_ops_give_the_same_model(skip):
 def test_bf16_products_train_like_fp32_and_evaluate_as_fp32():
     """``bf16_products``: the 1x1 convs multiply in bf16 in training steps only. A few
     Adam steps from the same weights and batches stay within bf16's rounding of fp32's
-    losses (the bound of tests/test_precision.py: 2% of the loss plus 0.05 dB), and the
+    losses (the bound of tests/training/test_precision.py: 2% of the loss plus 0.05 dB), and the
     trained models, evaluated, are fp32 models: same output for the same weights."""
     from spksep_modules.losses import SeparationLoss
 

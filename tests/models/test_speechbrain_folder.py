@@ -12,10 +12,9 @@ from hyperpyyaml import load_hyperpyyaml
 
 from spksep_modules import SpkSepError
 from spksep_modules.checkpoints import AtomicCheckpointer
-from spksep_modules.inference import load_basic_model, load_run
+from spksep_modules.loading import initialised, load_basic_model, load_separator
 from spksep_modules.models import ConditionedSeparator, SepFormer
 from spksep_modules.models.speechbrain_folder import (
-    initialised,
     is_speechbrain_folder,
     load_speechbrain_folder,
     save_speechbrain_folder,
@@ -178,9 +177,9 @@ def test_run_folders_and_speechbrain_folders_are_told_apart(folder, tmp_path):
     assert not is_speechbrain_folder(tmp_path / "none")
 
 
-def test_load_run_and_basic_model_accept_a_folder_and_check_its_rate(tmp_path):
+def test_load_separator_and_basic_model_accept_a_folder_and_check_its_rate(tmp_path):
     write_folder(tmp_path / "sb8k", rate=8000)
-    separator, rate = load_run(tmp_path / "sb8k")
+    separator, rate = load_separator(tmp_path / "sb8k")
     assert type(separator).__name__ == "SepFormer" and rate == 8000
     assert type(load_basic_model(tmp_path / "sb8k", {"N": 16}, sample_rate=8000)).__name__ == "SepFormer"
     with pytest.raises(SpkSepError, match="basic_model: .*sb8k separates at 8000 Hz but "
@@ -281,7 +280,7 @@ def test_a_malformed_yaml_is_one_line_naming_the_key(old, new, message, folder, 
     assert old in text
     (tmp_path / "hyperparams.yaml").write_text(text.replace(old, new, 1))
     with pytest.raises(SpkSepError) as err:
-        load_run(tmp_path)
+        load_separator(tmp_path)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -293,7 +292,7 @@ def test_a_missing_file_is_named(missing, folder, tmp_path):
             os.symlink(path / name, tmp_path / name)
     with pytest.raises(SpkSepError, match=f"{tmp_path / missing}: missing; a SpeechBrain "
                                           "separator folder holds hyperparams.yaml, encoder.ckpt"):
-        load_run(tmp_path)
+        load_separator(tmp_path)
 
 
 def test_weights_that_do_not_fit_are_named(folder, tmp_path):
@@ -304,11 +303,11 @@ def test_weights_that_do_not_fit_are_named(folder, tmp_path):
     os.replace(bigger / "masknet.ckpt", tmp_path / "masknet.ckpt")
     with pytest.raises(SpkSepError, match="masknet.ckpt: not the masknet of .*hyperparams.yaml: "
                                           "shape mismatch for dual_mdl"):
-        load_run(tmp_path)
+        load_separator(tmp_path)
     (tmp_path / "masknet.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(SpkSepError, match="masknet.ckpt: cannot read checkpoint"):
-        load_run(tmp_path)
+        load_separator(tmp_path)
     torch.save({"weight": torch.zeros(3)}, tmp_path / "encoder.ckpt")
     with pytest.raises(SpkSepError, match="encoder.ckpt: not the encoder of .*: missing keys "
                                           "conv1d.weight; unexpected keys weight"):
-        load_run(tmp_path)
+        load_separator(tmp_path)

@@ -14,10 +14,9 @@ import torch
 import yaml
 
 from spksep_modules import SpkSepError, cli
-from spksep_modules.inference import load_basic_model, load_run
+from spksep_modules.loading import initialised, load_basic_model, load_separator
 from spksep_modules.models import ConvTasNet, SepFormer, SpeechBrainConvTasNet
 from spksep_modules.models.speechbrain_folder import (
-    initialised,
     is_speechbrain_folder,
     is_speechbrain_training_folder,
     training_checkpoint,
@@ -49,7 +48,7 @@ def test_the_best_checkpoint_separates_as_speechbrain_does(convtasnet):
     kept = {yaml.safe_load((c / "CKPT.yaml").read_text())["si-snr"]: str(c)
             for c in (folder / "save").glob("CKPT+*")}
     assert sorted(kept) == [-6.0, -5.5] and training_checkpoint(folder) == kept[-6.0]
-    model, rate = load_run(folder)
+    model, rate = load_separator(folder)
     assert type(model) is SpeechBrainConvTasNet and rate == 16000 and not model.training
     assert model.config["causal"] is True and model.config["X"] == 2
     for length in (8000, 8003):  # whole frames, and a tail that fills none
@@ -92,7 +91,7 @@ def test_a_basic_model_and_a_start_of_the_same_family_only(convtasnet):
 
 def test_a_sepformer_training_folder(tmp_path):
     _, best = write_training_folder(tmp_path / "sf", SEPFORMER, losses=(-3.0, -2.0))
-    model, _ = load_run(tmp_path / "sf")
+    model, _ = load_separator(tmp_path / "sf")
     assert type(model) is SepFormer and model.config["K"] == 10
     mix = torch.randn(1, 4000)
     with torch.no_grad():
@@ -111,17 +110,17 @@ def test_missing_files_are_named(convtasnet, tmp_path):
     os.remove(os.path.join(ckpt, "masknet.ckpt"))
     with pytest.raises(SpkSepError, match=re.escape(ckpt) + "/masknet.ckpt: missing; a SpeechBrain training "
                                           "checkpoint holds encoder.ckpt, masknet.ckpt, decoder.ckpt$"):
-        load_run(folder)
+        load_separator(folder)
     os.remove(folder / "hyperparams.yaml")
     with pytest.raises(SpkSepError, match="hyperparams.yaml: missing; a SpeechBrain training folder "
                                           "holds hyperparams.yaml and save/CKPT"):
-        load_run(folder)
+        load_separator(folder)
     empty = tmp_path / "empty"  # started, no epoch finished
     (empty / "save").mkdir(parents=True)
     shutil.copy(convtasnet[0] / "hyperparams.yaml", empty)
     with pytest.raises(SpkSepError, match="save: no checkpoint \\(the SpeechBrain run has not "
                                           "finished an epoch\\)"):
-        load_run(empty)
+        load_separator(empty)
 
 
 def test_an_unknown_architecture_is_named(convtasnet, tmp_path):
@@ -132,7 +131,7 @@ def test_an_unknown_architecture_is_named(convtasnet, tmp_path):
         "speechbrain.lobes.models.resepformer.ResourceEfficientSeparator"))
     with pytest.raises(SpkSepError, match="modules.masknet: is a speechbrain.lobes.models.resepformer."
                                           "ResourceEfficientSeparator; this version loads SepFormer"):
-        load_run(folder)
+        load_separator(folder)
 
 
 def test_corrupt_checkpoints_are_one_line(convtasnet, tmp_path):
@@ -140,12 +139,12 @@ def test_corrupt_checkpoints_are_one_line(convtasnet, tmp_path):
     with open(os.path.join(ckpt, "masknet.ckpt"), "wb") as f:
         f.write(b"not a checkpoint")
     with pytest.raises(SpkSepError, match="masknet.ckpt: cannot read checkpoint"):
-        load_run(folder)
+        load_separator(folder)
     torch.save({"conv1d.weight": torch.zeros(3, 1, 16)}, os.path.join(ckpt, "encoder.ckpt"))
     with pytest.raises(SpkSepError, match="encoder.ckpt: not the encoder of .*hyperparams.yaml"):
-        load_run(folder)
+        load_separator(folder)
     for meta in (folder / "save").glob("CKPT+*/CKPT.yaml"):
         meta.write_text("si-snr: [-5.0\n")  # truncated
     with pytest.raises(SpkSepError, match="save: cannot read the checkpoints' CKPT.yaml"):
-        load_run(folder)
+        load_separator(folder)
     assert cli.main(["separate", "any.wav", "--model", str(folder), "--out", str(tmp_path / "o")]) == 2

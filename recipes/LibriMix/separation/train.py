@@ -6,7 +6,7 @@
     python train.py hparams/convtasnet.yaml --data_folder=... --test_only   # evaluate a run
     python train.py hparams/convtasnet.yaml --data_folder=... --mixture_type=mix_both   # noisy
 
-Every model is a yaml file (see spksep_modules/recipe.py for `extends`); this script only wires data, Brain and checkpointer together.
+Every model is a yaml file (see spksep_modules/training/recipe.py for `extends`); this script only wires data, Brain and checkpointer together.
 """
 
 import os
@@ -14,12 +14,12 @@ import os
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
-from spksep_modules.brains import SeparationBrain
 from spksep_modules.checkpoints import AtomicCheckpointer
 from spksep_modules.data.dynamic_mixing import dynamic_mixing_set
 from spksep_modules.data.librimix import prepare_librimix
 from spksep_modules.data.pipeline import build_datasets
-from spksep_modules.recipe import load_hparams, run, start_run
+from spksep_modules.training.brains import SeparationBrain
+from spksep_modules.training.recipe import load_hparams, run, start_run
 
 
 def main(argv):

@@ -13,12 +13,12 @@ import os
 import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from spksep_modules.brains import SpeakerIDBrain
 from spksep_modules.checkpoints import AtomicCheckpointer
 from spksep_modules.data.librimix import prepare_librimix
 from spksep_modules.data.speakers import speaker_dataset, speaker_utterances, split_by_speaker
-from spksep_modules.recipe import load_hparams, run, start_run
 from spksep_modules.speakers.rawnet2 import save_rawnet2
+from spksep_modules.training.brains import SpeakerIDBrain
+from spksep_modules.training.recipe import load_hparams, run, start_run
 
 
 def main(argv):

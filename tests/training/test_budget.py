@@ -8,12 +8,13 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.epoch_loop import EpochCounterWithStopper
 from speechbrain.utils.train_logger import FileTrainLogger
 
-from spksep_modules import SpkSepError, budget as budget_module
-from spksep_modules.brains import SeparationBrain
-from spksep_modules.budget import TrainingBudget
+from spksep_modules import SpkSepError
 from spksep_modules.checkpoints import AtomicCheckpointer
 from spksep_modules.losses import SeparationLoss
 from spksep_modules.models import ConvTasNet
+from spksep_modules.training import budget as budget_module
+from spksep_modules.training.brains import SeparationBrain
+from spksep_modules.training.budget import TrainingBudget
 
 
 def always_halve(optimizers, epoch, loss):

@@ -11,8 +11,10 @@ A package folder holds two files:
 
 No absolute path, no reference to the run folder, its checkpoints or the basic model's run:
 the folder can be moved, copied to another machine or archived, and ``spksep separate
---model DIR``, ``spksep export DIR`` and ``inference.PretrainedSeparator.from_folder(DIR)``
-take it wherever a run folder is accepted.
+--model DIR``, ``spksep export DIR`` and
+``deploy.separate.PretrainedSeparator.from_folder(DIR)`` take it wherever a run folder is
+accepted. This module writes packages; :mod:`spksep_modules.loading` reads them
+(:func:`~spksep_modules.loading.load_package`), as it reads every other kind of folder.
 
 A model part that does not record its constructor arguments (a speaker network built by
 a SpeechBrain yaml, e.g. ECAPA) cannot be described in plain data: packaging such a model
@@ -26,21 +28,7 @@ import torch
 
 from spksep_modules import SpkSepError, __version__
 from spksep_modules.configurable import NotDescribable, spec
-
-PACKAGE_FILE = "package.json"
-WEIGHTS_FILE = "model.ckpt"
-FORMAT = "spksep-package"
-
-
-def is_package(folder) -> bool:
-    """Whether ``folder`` is a package folder (holds ``package.json``).
-
-    Example
-    -------
-    >>> is_package("no/such/folder")
-    False
-    """
-    return os.path.isfile(os.path.join(os.fspath(folder), PACKAGE_FILE))
+from spksep_modules.loading import FORMAT, PACKAGE_FILE, WEIGHTS_FILE, load_separator
 
 
 def save_package(separator, sample_rate: int, out_dir) -> str:
@@ -51,6 +39,7 @@ def save_package(separator, sample_rate: int, out_dir) -> str:
     Example
     -------
     >>> import tempfile
+    >>> from spksep_modules.loading import load_package
     >>> from spksep_modules.models import ConvTasNet
     >>> model = ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1)
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -94,38 +83,6 @@ def save_package(separator, sample_rate: int, out_dir) -> str:
     return out_dir
 
 
-def load_package(folder, device: str = "cpu"):
-    """``(separator in eval mode on device, sample_rate)`` of a package folder.
-
-    Example
-    -------
-    >>> load_package("no/such/folder")
-    Traceback (most recent call last):
-        ...
-    spksep_modules.SpkSepError: no/such/folder: not a package (no package.json)
-    """
-    from spksep_modules.models.base import separator_from_state
-
-    folder = os.fspath(folder)
-    if not is_package(folder):
-        raise SpkSepError(f"{folder}: not a package (no {PACKAGE_FILE})")
-    try:
-        with open(os.path.join(folder, PACKAGE_FILE), encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as err:
-        raise SpkSepError(f"{folder}/{PACKAGE_FILE}: cannot read it ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "sample_rate" not in meta:
-        raise SpkSepError(f"{folder}/{PACKAGE_FILE}: not an spksep package description")
-    path = os.path.join(folder, os.path.basename(meta.get("weights", WEIGHTS_FILE)))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # missing, truncated or foreign file
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise SpkSepError(f"{path}: cannot read the package's weights ({reason})") from None
-    separator = separator_from_state(state, path)
-    return separator.to(device).eval(), int(meta["sample_rate"])
-
-
 def package_run(run_dir, out_dir) -> str:
     """Package the trained separator of ``run_dir`` (a run folder, a SpeechBrain separator
     folder or another package) into ``out_dir``.
@@ -137,7 +94,5 @@ def package_run(run_dir, out_dir) -> str:
         ...
     spksep_modules.SpkSepError: no/such/run: not a training run folder (no hyperparams.yaml); train one with recipes/LibriMix/separation/train.py
     """
-    from spksep_modules.inference import load_run
-
-    separator, rate = load_run(os.fspath(run_dir))
+    separator, rate = load_separator(os.fspath(run_dir))
     return save_package(separator, rate, out_dir)

@@ -10,8 +10,8 @@ import pytest
 
 from spksep_modules import SpkSepError, demo
 from spksep_modules.cli import main
-from spksep_modules.runs import budget_spent
-from spksep_modules.tables import report, tables
+from spksep_modules.reports.run_logs import budget_spent
+from spksep_modules.reports.tables import report, tables
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # --import-mode=importlib
 from test_tables import BASE, IDS, fake_run, row  # noqa: E402

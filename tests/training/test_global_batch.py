@@ -12,16 +12,16 @@ import speechbrain as sb
 import torch
 
 from spksep_modules import SpkSepError
-from spksep_modules.brains import SeparationBrain
-from spksep_modules.global_batch import plan_batches
 from spksep_modules.losses import SeparationLoss
-from spksep_modules.recipe import check_overrides, compose_hparams
+from spksep_modules.training.brains import SeparationBrain
+from spksep_modules.training.global_batch import plan_batches
+from spksep_modules.training.recipe import check_overrides, compose_hparams
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # --import-mode=importlib
 from global_batch_worker import GLOBAL_BATCH, one_step, tiny_separator  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = HERE.parents[1]
 CONVTASNET_YAML = ROOT / "recipes" / "LibriMix" / "separation" / "hparams" / "convtasnet.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
@@ -111,7 +111,7 @@ def test_the_brain_sets_accumulation_and_the_training_loader_batch():
 
 def test_the_plan_is_logged_when_training_starts(caplog):
     brain = make_brain({"batch_size": 4, "global_batch_size": 12})
-    with caplog.at_level(logging.INFO, logger="spksep_modules.brains"):
+    with caplog.at_level(logging.INFO, logger="spksep_modules.training.brains"):
         brain.on_fit_start()
     assert "batch: 4 per process x 1 process x 3 accumulated = global batch 12" in caplog.text
 

@@ -15,10 +15,10 @@ import pytest
 from spksep_modules import SpkSepError
 from spksep_modules.cli import main
 from spksep_modules.data.demo import make_demo_data
-from spksep_modules.plots import median_mixture, plot_runs, plot_spectrograms
-from spksep_modules.runs import read_train_log
+from spksep_modules.reports.plots import median_mixture, plot_runs, plot_spectrograms
+from spksep_modules.reports.run_logs import read_train_log
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEPARATION = ROOT / "recipes" / "LibriMix" / "separation"
 TINY = ["--N=16", "--L=8", "--B=8", "--H=16", "--X=2", "--R=1", "--device=cpu", "--noprogressbar",
         "--num_workers=0", "--segment_seconds=0.5", "--batch_size=2", "--number_of_epochs=1"]

@@ -7,9 +7,9 @@ from unittest.mock import Mock
 import speechbrain as sb
 import torch
 
-from spksep_modules.brains import SeparationBrain, SpeakerIDBrain
 from spksep_modules.losses import SeparationLoss
 from spksep_modules.models import ConvTasNet
+from spksep_modules.training.brains import SeparationBrain, SpeakerIDBrain
 
 
 class Padded(SimpleNamespace):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from spksep_modules.stats import paired_difference, wilcoxon_p
+from spksep_modules.reports.stats import paired_difference, wilcoxon_p
 
 
 def scores(n=200, seed=0):

@@ -32,10 +32,10 @@ import torch
 from speechbrain.utils.autocast import TorchAutocast
 from torch import nn
 
-from spksep_modules.brains import SeparationBrain
 from spksep_modules.losses import NegativeOnly, PositiveOnly, SeparationLoss, TripletLike, WeightedSum
 from spksep_modules.models import ConvTasNet, SepFormer
 from spksep_modules.models.conditioned import ConditionedSeparator
+from spksep_modules.training.brains import SeparationBrain
 
 torch.set_num_threads(1)
 

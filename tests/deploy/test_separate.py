@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from spksep_modules import SpkSepError, one_line
-from spksep_modules.inference import _match_mixture_scale, separate_waveform
-from spksep_modules.tables import tables
+from spksep_modules.deploy.separate import _match_mixture_scale, separate_waveform
+from spksep_modules.reports.tables import tables
 
 
 class SwapEveryCall(torch.nn.Module):
@@ -102,7 +102,7 @@ def test_bf16_separation_is_close_to_fp32_and_precision_is_checked():
 
 
 def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
-    import spksep_modules.inference as inference
+    import spksep_modules.deploy.separate as inference
 
     monkeypatch.setattr(inference, "native_bf16_cpu", lambda: True)
     assert inference.resolve_precision("auto", "cpu") == "bf16"
@@ -119,7 +119,7 @@ def test_keep_freed_memory_is_a_setting_that_can_be_turned_off():
     import subprocess
     import sys
 
-    code = "from spksep_modules.runtime import keep_freed_memory as k; print(k())"
+    code = "from spksep_modules.deploy.malloc_tuning import keep_freed_memory as k; print(k())"
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                         check=True)
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -11,8 +11,8 @@ import pytest
 
 from spksep_modules import SpkSepError
 from spksep_modules.cli import main
-from spksep_modules.stats import seeded_difference
-from spksep_modules.tables import group_runs, report, seed_gains
+from spksep_modules.reports.stats import seeded_difference
+from spksep_modules.reports.tables import group_runs, report, seed_gains
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # --import-mode=importlib
 from test_tables import BASE, IDS, fake_run, row  # noqa: E402
@@ -121,7 +121,7 @@ def test_the_continued_baseline_with_seeds(tmp_path, capsys):
 
 
 def test_seeded_difference_with_one_seed_each_is_the_paired_one():
-    from spksep_modules.stats import paired_difference
+    from spksep_modules.reports.stats import paired_difference
 
     ours, base = BASE + NOISE[1, 0], BASE
     d = seeded_difference([ours], [base], resamples=1000)

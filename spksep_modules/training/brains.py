@@ -24,10 +24,10 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process
 
-from spksep_modules.global_batch import plan_batches
 from spksep_modules.metrics import evaluate_mixture, pesq_mode
 from spksep_modules.models.fused import fuse_for_inference
-from spksep_modules.nonfinite import SkipNonFinite
+from spksep_modules.training.global_batch import plan_batches
+from spksep_modules.training.nonfinite import SkipNonFinite
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class SeparationBrain(NonFiniteBrain):
     (torch.Size([]), ['si_snr'], 2)
 
     With ``batch_size`` in its hparams the Brain also plans the global batch
-    (:func:`~spksep_modules.global_batch.plan_batches`): ``global_batch_size`` sets the
+    (:func:`~spksep_modules.training.global_batch.plan_batches`): ``global_batch_size`` sets the
     training loader's batch and ``grad_accumulation_factor`` for the processes at hand,
     and ``fit`` logs the plan when it starts.
 
@@ -304,7 +304,7 @@ class SeparationBrain(NonFiniteBrain):
         if not getattr(self.hparams, "tensorboard", False):
             return [self.hparams.train_logger]
         if getattr(self, "_tensorboard_logger", None) is None:
-            from spksep_modules.tensorboard_log import EpochTensorboardLogger
+            from spksep_modules.training.tensorboard_log import EpochTensorboardLogger
 
             folder = os.path.join(self.hparams.output_folder, "tensorboard")
             self._tensorboard_logger = EpochTensorboardLogger(folder)

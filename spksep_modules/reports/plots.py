@@ -8,7 +8,7 @@
   95% bootstrap interval (``stats.paired_difference``).
 - ``spectrograms.png``: one test mixture (default: the median one), its references, and
   each model's estimates. The test stage keeps no audio, so each run's model separates the
-  mixture again here (``inference.load_run``), reading the files from the run's
+  mixture again here (``loading.load_separator``), reading the files from the run's
   ``test.csv``. Estimates are put in the references' order and scaled to them (SI-SNR
   training leaves their gain free), so all panels share one colour scale.
 
@@ -25,8 +25,8 @@ import soundfile as sf
 import torch
 
 from spksep_modules import SpkSepError
-from spksep_modules.recipe import prepare_output_folder
-from spksep_modules.runs import read_test_results, read_train_log
+from spksep_modules.checkpoints import prepare_output_folder
+from spksep_modules.reports.run_logs import read_test_results, read_train_log
 
 PLOTS = ("curves", "distributions", "spectrograms")
 FILES = {"curves": "learning_curves.png", "distributions": "si_snri.png",
@@ -71,7 +71,7 @@ def run_labels(run_dirs) -> list:
     ...     run_labels([os.path.join(root, n) for n in ("base", "ws_a", "ws_b", "other")])
     ['Conv-TasNet', 'P weighted-sum (ws_a)', 'P weighted-sum (ws_b)', 'other']
     """
-    from spksep_modules.tables import model_label, read_summary
+    from spksep_modules.reports.tables import model_label, read_summary
 
     labels = []
     for run in run_dirs:
@@ -203,7 +203,8 @@ def plot_distributions(run_dirs, path, baseline=None, labels=None, metric: str =
     ...     os.path.getsize(png) > 10000
     True
     """
-    from spksep_modules.tables import METRIC_LABELS, choose_baseline, paired_gains, read_summary
+    from spksep_modules.reports.tables import (
+        METRIC_LABELS, choose_baseline, paired_gains, read_summary)
 
     run_dirs = [str(r) for r in run_dirs]
     labels = labels or run_labels(run_dirs)
@@ -325,11 +326,12 @@ def separate_mixture(run_dir, mix, ref, rate, device="cpu"):
     ...
     spksep_modules.SpkSepError: no/such/run: not a training run folder (no hyperparams.yaml); train one with recipes/LibriMix/separation/train.py
     """
-    from spksep_modules.inference import load_run, separate_waveform
+    from spksep_modules.deploy.separate import separate_waveform
+    from spksep_modules.loading import load_separator
     from spksep_modules.metrics import best_permutation, pairwise_si_snr, si_snr
     from spksep_modules.models import fuse_for_inference
 
-    separator, model_rate = load_run(str(run_dir), device)
+    separator, model_rate = load_separator(str(run_dir), device)
     if model_rate != rate:
         raise SpkSepError(f"{run_dir}: model at {model_rate} Hz, test audio at {rate} Hz")
     est = separate_waveform(fuse_for_inference(separator), mix.to(device), sample_rate=rate,

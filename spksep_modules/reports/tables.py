@@ -25,8 +25,8 @@ import json
 import os
 
 from spksep_modules import SpkSepError
-from spksep_modules.runs import column, read_test_results
-from spksep_modules.stats import paired_difference, seeded_difference
+from spksep_modules.reports.run_logs import column, read_test_results
+from spksep_modules.reports.stats import paired_difference, seeded_difference
 
 # model_name (the yaml's key) -> (row label, paper SI-SNR dB, paper STOI)
 TABLE_I = {

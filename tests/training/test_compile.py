@@ -17,10 +17,10 @@ import pytest
 import speechbrain as sb
 import torch
 
-from spksep_modules.brains import SeparationBrain, unwrapped
 from spksep_modules.losses import SeparationLoss
 from spksep_modules.models import ConvTasNet
 from spksep_modules.nnet.cpu_kernels import FastPReLUGLN
+from spksep_modules.training.brains import SeparationBrain, unwrapped
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ import pytest
 
 from spksep_modules import SpkSepError
 from spksep_modules.cli import main
-from spksep_modules.tables import paired_gains, report, tables
+from spksep_modules.reports.tables import paired_gains, report, tables
 
 IDS = [f"mix{i:03d}" for i in range(60)]
 BASE = np.random.default_rng(0).normal(10.0, 4.0, len(IDS))
@@ -113,7 +113,7 @@ def test_missing_results_and_ambiguous_baselines_are_one_line_errors(runs, tmp_p
     # without the pairing the summaries are enough
     assert main(["table", str(runs["base"]), str(runs["better"]), "--no_significance"]) == 0
     assert "Gains" not in capsys.readouterr().out
-    # Two Conv-TasNet runs are its seeds (tests/test_table_seeds.py); given as two named
+    # Two Conv-TasNet runs are its seeds (tests/reports/test_table_seeds.py); given as two named
     # groups, the table cannot tell which is the baseline
     second = fake_run(tmp_path, "base2", "convtasnet", BASE + 1.0)
     assert main(["table", f"a={runs['base']}", f"b={second}", str(runs["same"])]) == 2

@@ -1,10 +1,10 @@
 """One optimiser step of a tiny Conv-TasNet through ``SeparationBrain`` on a fixed set of
 examples, alone or as one of several DDP processes (gloo, CPU): the helper of
-``tests/test_global_batch.py``.
+``tests/training/test_global_batch.py``.
 
-    python tests/global_batch_worker.py OUT --batch_size=4
+    python tests/training/global_batch_worker.py OUT --batch_size=4
     python -m torch.distributed.run --standalone --nproc_per_node=2 \\
-        tests/global_batch_worker.py OUT --batch_size=2
+        tests/training/global_batch_worker.py OUT --batch_size=2
 
 Every process builds the same examples (``GLOBAL_BATCH`` mixtures, seeded), the Brain plans
 the step (``global_batch_size``), and process ``r`` trains on its share of them, in
@@ -58,7 +58,7 @@ def one_step(batch_size, max_grad_norm=5.0, output_folder=None):
     import speechbrain as sb
     import torch
 
-    from spksep_modules.brains import SeparationBrain
+    from spksep_modules.training.brains import SeparationBrain
     from spksep_modules.losses import SeparationLoss
 
     run_opts = {"device": "cpu", "distributed_backend": "gloo", "max_grad_norm": max_grad_norm}
@@ -94,10 +94,10 @@ def main(argv):
     parser.add_argument("--max_grad_norm", type=float, default=5.0)
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
     import torch
 
-    from spksep_modules.recipe import shutdown_distributed
+    from spksep_modules.training.recipe import shutdown_distributed
 
     folder = args.out + ".run"
     state, plan = one_step(args.batch_size, args.max_grad_norm, folder)

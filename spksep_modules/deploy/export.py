@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from spksep_modules import SpkSepError
-from spksep_modules.recipe import prepare_output_folder
+from spksep_modules.checkpoints import prepare_output_folder
+from spksep_modules.loading import load_separator
 
 FORMATS = ("onnx", "torchscript")
 PAD_SLACK = 512  # samples; more than any filterbank's stride
@@ -156,9 +157,7 @@ def export_run(run_dir, fmt: str, out, example_seconds: float = 1.0) -> str:
         ...
     spksep_modules.SpkSepError: no/such/run: not a training run folder (no hyperparams.yaml); train one with recipes/LibriMix/separation/train.py
     """
-    from spksep_modules.inference import load_run
-
     if fmt not in FORMATS:
         raise SpkSepError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    separator, rate = load_run(os.fspath(run_dir))
+    separator, rate = load_separator(os.fspath(run_dir))
     return export_separator(separator, fmt, out, rate, example_seconds)

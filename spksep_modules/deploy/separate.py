@@ -1,8 +1,9 @@
-"""Separate users' recordings with a trained run.
+"""Separate users' recordings with a trained separator (``spksep separate``, and
+:class:`PretrainedSeparator` for Python callers).
 
-A run folder (what ``train.py`` leaves in ``output_folder``) holds ``hyperparams.yaml``, which
-rebuilds the separator exactly as it was trained, and ``save/``, whose best checkpoint (lowest
-validation loss) gives its weights.
+The model comes from any folder :func:`spksep_modules.loading.load_separator` takes: a
+run folder (what ``train.py`` leaves in ``output_folder``), a package, a SpeechBrain
+separator or training folder.
 
 Recordings may have any sample rate, any number of channels and any length: channels are
 averaged to mono, the signal is resampled to the model's rate, long signals are separated in
@@ -14,157 +15,14 @@ import itertools
 import os
 import sys
 
-import ruamel.yaml
 from tqdm import tqdm
 import torch
 import torchaudio.functional as AF
-from hyperpyyaml import load_hyperpyyaml
 
 from spksep_modules import SpkSepError, one_line
 from spksep_modules.audio import read_any, write_wav
-from spksep_modules.checkpoints import AtomicCheckpointer
-from spksep_modules.models import fuse_for_inference, separator_from_state
-from spksep_modules.models.speechbrain_folder import (
-    check_sample_rate,
-    is_speechbrain_folder,
-    is_speechbrain_training_folder,
-    load_speechbrain_folder,
-)
-from spksep_modules.nnet.frozen import keeps_global_rng
-
-# Objects a run's yaml builds for training only. Only runs saved before separators
-# carried their own description are rebuilt from the yaml, and they must not need e.g.
-# the wav2vec checkpoint the perceptual loss was trained with.
-_TRAINING_ONLY = ("perceptual", "perceptual_loss", "perceptual_term", "frozen_representation")
-
-
-def _run_yaml(run_dir: str) -> str:
-    hparams_file = os.path.join(run_dir, "hyperparams.yaml")
-    if not os.path.isfile(hparams_file):
-        raise SpkSepError(
-            f"{run_dir}: not a training run folder (no hyperparams.yaml); "
-            "train one with recipes/LibriMix/separation/train.py"
-        )
-    with open(hparams_file, encoding="utf-8") as f:
-        return f.read()
-
-
-def _from_run_yaml(run_dir: str, text: str, keys: dict, state: dict):
-    """Runs saved by spksep 0.1: the separator as the run's yaml (``text``, parsed as
-    ``keys``) builds it."""
-    unused = {k: None for k in _TRAINING_ONLY if k in keys}
-    if "loss" in keys:
-        unused["loss"] = None
-    try:
-        separator = load_hyperpyyaml(text, overrides=unused)["separator"]
-        separator.load_state_dict(state)
-    except SpkSepError:
-        raise
-    except Exception:  # names this version moved or dropped, weights of another layout
-        raise SpkSepError(
-            f"{run_dir}: saved by an older spksep whose weights this version cannot load; "
-            "retrain it with recipes/LibriMix/separation/train.py"
-        ) from None
-    return separator
-
-
-def load_run(run_dir: str, device: str = "cpu"):
-    """Rebuild a trained separator from its run folder: the best checkpoint (lowest
-    validation loss) in ``save/`` gives both its description and its weights. A
-    SpeechBrain separator folder (``hyperparams.yaml``, ``encoder.ckpt``, ``masknet.ckpt``,
-    ``decoder.ckpt``, as SpeechBrain publishes its SepFormers), or the output folder of a
-    SpeechBrain separation recipe (``hyperparams.yaml`` and ``save/CKPT+*/``) works too
-    (``models.speechbrain_folder``), and so does a package folder (``spksep_modules.package``).
-
-    Returns ``(separator, sample_rate)``; the separator is in eval mode on ``device``.
-
-    Example
-    -------
-    >>> import pathlib, tempfile
-    >>> from spksep_modules.models import ConvTasNet
-    >>> with tempfile.TemporaryDirectory() as run:  # what train.py leaves, in miniature
-    ...     _ = pathlib.Path(run, "hyperparams.yaml").write_text("sample_rate: 8000\\n")
-    ...     model = ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1)
-    ...     saver = AtomicCheckpointer(os.path.join(run, "save"), {"separator": model})
-    ...     _ = saver.save_checkpoint(meta={"loss": -10.0})  # validation loss -10
-    ...     separator, rate = load_run(run)
-    >>> same_weights = torch.equal(separator.encoder.weight, model.encoder.weight)
-    >>> type(separator).__name__, same_weights, rate, separator.training
-    ('ConvTasNet', True, 8000, False)
-    """
-    from spksep_modules.package import is_package, load_package
-
-    if is_package(run_dir):
-        return load_package(run_dir, device)
-    if is_speechbrain_folder(run_dir) or is_speechbrain_training_folder(run_dir):
-        separator, rate = load_speechbrain_folder(run_dir)
-        return separator.to(device).eval(), rate
-    text = _run_yaml(run_dir)
-    checkpointer = AtomicCheckpointer(os.path.join(run_dir, "save"), {}, clean=False)
-    ckpt = checkpointer.find_checkpoint(min_key="loss")
-    if ckpt is None:
-        raise SpkSepError(f"{run_dir}: no checkpoint in save/ (the run has not finished an epoch)")
-    if "separator" not in ckpt.paramfiles:
-        raise SpkSepError(f"{run_dir}: not a separation run (its checkpoints hold "
-                          f"{', '.join(sorted(ckpt.paramfiles))}, no separator)")
-    path = ckpt.paramfiles["separator"]
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or foreign file
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise SpkSepError(f"{path}: cannot read checkpoint ({reason})") from None
-    keys = ruamel.yaml.YAML().load(text)  # parsed, not built: only its sample rate is read
-    if state.get("_extra_state"):
-        separator = separator_from_state(state, path)
-    else:
-        separator = _from_run_yaml(run_dir, text, keys, state)
-    rate = keys.get("sample_rate")
-    if rate is None:
-        raise SpkSepError(f"{run_dir}/hyperparams.yaml: no sample_rate")
-    return separator.to(device).eval(), int(rate)
-
-
-@keeps_global_rng
-def load_basic_model(run_dir: str, expected: dict = None, sample_rate: int = None):
-    """The trained separator of a run (or of a SpeechBrain separator folder), as the
-    conditioned model's basic model (on CPU; the Brain moves it with the rest).
-
-    ``expected`` maps constructor arguments (``N``, ``num_spks``, ...) to the values the
-    conditioned yaml asks for; ``None`` values mean "whatever the run has". They are
-    checked against the arguments the checkpoint recorded: a mismatch is an error rather
-    than a silently different model. ``sample_rate``, the data's, must be the model's
-    (``None``: unchecked); a model is not resampled.
-
-    Example
-    -------
-    >>> load_basic_model("no/such/run", {"N": 512})  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-        ...
-    spksep_modules.SpkSepError: basic_model: 'no/such/run' is not a run folder; train the baseline first: ...
-    """
-    if not run_dir or not os.path.isdir(str(run_dir)):
-        raise SpkSepError(
-            f"basic_model: {run_dir!r} is not a run folder; train the baseline first: "
-            "python train.py hparams/convtasnet.yaml --data_folder=... --output_folder=RUN_DIR, "
-            "then pass --basic_model=RUN_DIR"
-        )
-    separator, rate = load_run(run_dir)
-    check_sample_rate(run_dir, rate, sample_rate, "basic_model")
-    config = getattr(separator, "config", {})
-    for key, want in (expected or {}).items():
-        if want is None:
-            continue
-        if key not in config:
-            raise SpkSepError(
-                f"basic_model: {run_dir} holds a {type(separator).__name__}, which has no "
-                f"{key} (set {key} to null)"
-            )
-        if config[key] != want:
-            raise SpkSepError(
-                f"basic_model: {run_dir} was trained with {key}={config[key]}, "
-                f"this yaml asks for {key}={want} (set it to null to take the run's)"
-            )
-    return separator
+from spksep_modules.loading import load_separator
+from spksep_modules.models import fuse_for_inference
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -370,13 +228,13 @@ def separate_files(files, run_dir: str, out_dir: str, device: str = "cpu",
                    refresh_seconds: float = 1.0, window_seconds: float = 3.0, **chunking):
     """Separate each recording in ``files``; write ``out_dir/<name>_s<i>.wav`` (one per speaker).
 
-    ``run_dir``: a run folder, a package (``spksep_modules.package``) or a SpeechBrain
-    separator folder. ``precision``: ``"auto"`` (bf16 on CPUs with native bf16, else fp32),
-    ``"fp32"`` or ``"bf16"``; ``chunking``: ``chunk_seconds`` and ``overlap_seconds`` of
+    ``run_dir``: a run folder, a package (``spksep_modules.deploy.package``) or a
+    SpeechBrain separator folder. ``precision``: ``"auto"`` (bf16 on CPUs with native
+    bf16, else fp32), ``"fp32"`` or ``"bf16"``; ``chunking``: ``chunk_seconds`` and ``overlap_seconds`` of
     :func:`separate_waveform`. ``stream``: run the causal model chunk by chunk instead,
     in chunks of ``stream_chunk_ms`` at the model's rate: a Conv-TasNet with
-    ``spksep_modules.streaming``, a conditioned model with
-    ``spksep_modules.streaming_conditioned`` (speaker embeddings refreshed every
+    ``spksep_modules.deploy.streaming``, a conditioned model with
+    ``spksep_modules.deploy.streaming_conditioned`` (speaker embeddings refreshed every
     ``refresh_seconds`` from the last ``window_seconds`` of its estimates). Returns the
     list of written paths.
 
@@ -394,7 +252,7 @@ def separate_files(files, run_dir: str, out_dir: str, device: str = "cpu",
     spksep_modules.SpkSepError: no/such/run: not a training run folder (no hyperparams.yaml); train one with recipes/LibriMix/separation/train.py
     """
     precision = resolve_precision(precision, device)
-    separator, model_rate = load_run(run_dir, device)
+    separator, model_rate = load_separator(run_dir, device)
     separate = None
     if stream:
         from spksep_modules.deploy.streaming_conditioned import chunk_samples, make_streamer
@@ -424,8 +282,8 @@ def separate_files(files, run_dir: str, out_dir: str, device: str = "cpu",
 class PretrainedSeparator:
     """Load once, separate many: the inference interface, in SpeechBrain's style.
 
-    ``from_folder(path)`` takes a run folder, a package (``spksep_modules.package``) or a
-    SpeechBrain separator folder; ``separate_batch(mix [B, T])`` -> ``[B, T, C]`` at the
+    ``from_folder(path)`` takes a run folder, a package (``spksep_modules.deploy.package``)
+    or a SpeechBrain separator folder; ``separate_batch(mix [B, T])`` -> ``[B, T, C]`` at the
     model's rate (``sample_rate``), ``separate_file(path)`` -> ``[T, C]`` at the model's
     rate, for a recording of any rate and channel count (down-mixed and resampled, long
     ones in chunks, outputs scaled to add up to the mixture; silence gives silence).
@@ -434,7 +292,7 @@ class PretrainedSeparator:
     -------
     >>> import tempfile
     >>> from spksep_modules.models import ConvTasNet
-    >>> from spksep_modules.package import save_package
+    >>> from spksep_modules.deploy.package import save_package
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     _ = save_package(ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1), 8000, tmp)
     ...     model = PretrainedSeparator.from_folder(tmp)
@@ -455,7 +313,7 @@ class PretrainedSeparator:
     @classmethod
     def from_folder(cls, path, device: str = "cpu", precision: str = "fp32"):
         """Load a run folder, a package or a SpeechBrain separator folder."""
-        separator, rate = load_run(os.fspath(path), device)
+        separator, rate = load_separator(os.fspath(path), device)
         return cls(separator, rate, device, precision)
 
     @property

@@ -17,7 +17,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import ruamel.yaml
@@ -26,10 +25,11 @@ import ruamel.yaml.nodes
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from spksep_modules import SpkSepError, one_line
+from spksep_modules import SpkSepError, one_line, with_current_names
+from spksep_modules.checkpoints import prepare_output_folder
 
 EXTENDS = "extends"
-SHARED_HPARAMS = Path(__file__).resolve().parents[1] / "hparams"
+SHARED_HPARAMS = Path(__file__).resolve().parents[2] / "hparams"
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ def _compose(path: Path, yaml, chain=()):
 
 
 def compose_hparams(hparams_file) -> str:
-    """The yaml text of ``hparams_file`` with its ``extends`` bases merged in.
+    """The yaml text of ``hparams_file`` with its ``extends`` bases merged in (and the
+    names of modules and functions that have moved brought up to date).
 
     Example
     -------
@@ -112,7 +113,7 @@ def compose_hparams(hparams_file) -> str:
     yaml = ruamel.yaml.YAML()
     out = io.StringIO()
     yaml.dump(_compose(path, yaml), out)
-    return out.getvalue()
+    return with_current_names(out.getvalue())  # a yaml naming moved modules or functions
 
 
 def load_hparams(hparams_file, overrides):
@@ -286,36 +287,6 @@ def start_run(hparams_file, overrides, output_folder):
                        f"({', '.join(changed)}), as {ALLOW_CHANGED_FLAG} asked")
 
 
-def prepare_output_folder(output_folder) -> str:
-    """Creates ``output_folder`` and checks that files can be written in it; returns it.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> with tempfile.NamedTemporaryFile() as f:  # doctest: +ELLIPSIS
-    ...     prepare_output_folder(os.path.join(f.name, "run"))
-    Traceback (most recent call last):
-        ...
-    spksep_modules.SpkSepError: .../run: cannot create the output folder (Not a directory)
-    """
-    if not isinstance(output_folder, (str, os.PathLike)) or not os.fspath(output_folder):
-        raise SpkSepError(f"output_folder: expected a folder path, got {output_folder!r}")
-    path = os.fspath(output_folder)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise SpkSepError(f"{path}: the output folder is a file, not a folder")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as err:
-        raise SpkSepError(f"{path}: cannot create the output folder ({err.strerror})") from None
-    try:  # every process its own probe: DDP processes may share the folder
-        fd, probe = tempfile.mkstemp(prefix=".write_test", dir=path)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as err:
-        raise SpkSepError(f"{path}: cannot write in the output folder ({err.strerror})") from None
-    return path
-
-
 class _TagKeepingConstructor(ruamel.yaml.constructor.SafeConstructor):
     """Plain Python values; a tagged node (``!new:...``, ``!name:...``) becomes
     ``(tag, value)``, so two resolved yamls compare by value, not by layout or comments."""
@@ -335,10 +306,11 @@ _TagKeepingConstructor.add_multi_constructor("!", _tagged)
 
 
 def _top_level(text: str) -> dict:
-    """The top-level keys of a resolved yaml with their values, tags kept as tuples."""
+    """The top-level keys of a resolved yaml with their values, tags kept as tuples (with
+    today's names: a run saved before a module moved compares equal to its yaml now)."""
     yaml = ruamel.yaml.YAML(typ="safe", pure=True)
     yaml.Constructor = _TagKeepingConstructor
-    return dict(yaml.load(text) or {})
+    return dict(yaml.load(with_current_names(text)) or {})
 
 
 def check_same_run(resolved: str, hparams_file, overrides, output_folder):
