@@ -10,7 +10,10 @@ never asked to fetch), and the weights come from the folder's own file.
 
 The embedding is ``embedding_model(mean_var_norm(compute_features(wav)))``, what
 SpeechBrain's ``EncoderClassifier.encode_batch`` returns with ``normalize=False``;
-it is differentiable with respect to the waveform.
+it is differentiable with respect to the waveform. While a graph is traced or exported,
+no relative lengths are passed (see ``EcapaSpeakerNet.embed``); SpeechBrain's own modules
+that still do not trace in general (its ``STFT``, the attentive pooling) have export
+adapters in :mod:`spksep_modules.nnet.exportable`.
 """
 
 import os
@@ -55,7 +58,16 @@ class EcapaSpeakerNet(nn.Module):
             self.embedding_dim = int(self.embed(torch.zeros(1, self.sample_rate)).shape[-1])
 
     def embed(self, wav: torch.Tensor) -> torch.Tensor:
-        lengths = torch.ones(wav.shape[0], device=wav.device)  # whole signals, no padding
+        """``wav [N, T]`` (whole signals, no padding) -> embeddings ``[N, D]``.
+
+        ``encode_batch``'s computation, with relative lengths of 1. While a graph is traced
+        or exported the lengths are left out: the masks SpeechBrain builds from them have a
+        batch size a trace would freeze, and on whole signals they are all ones anyway.
+        """
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            feats = self.mean_var_norm(self.compute_features(wav))
+            return self.embedding_model(feats).reshape(wav.shape[0], -1)
+        lengths = torch.ones(wav.shape[0], device=wav.device)
         feats = self.mean_var_norm(self.compute_features(wav), lengths)
         return self.embedding_model(feats, lengths).reshape(wav.shape[0], -1)
 

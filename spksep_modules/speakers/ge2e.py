@@ -13,6 +13,10 @@ to the waveform:
   ``VoiceEncoder.embed_utterance`` (overlapping 1.6 s partials, averaged), for speaker
   conditioning.
 
+Both trace and export as they are: ``embed`` counts and cuts its partials with tensor
+operations on the input's length (a trace made on 0.5 s works at 3 s), and while a graph
+is traced or exported the front end's STFT is a convolution (ONNX has no complex STFT).
+
 What is *not* reproduced: resemblyzer's ``preprocess_wav`` (volume normalisation to
 -30 dBFS and VAD trimming of long silences). Callers pass the raw waveform; results equal
 ``embed_utterance`` called directly on that waveform, i.e. with VAD off.
@@ -33,6 +37,7 @@ from torch import nn
 from spksep_modules import SpkSepError
 from spksep_modules.checkpoints import check_state_dict
 from spksep_modules.configurable import Configurable
+from spksep_modules.nnet.stft import conv_stft, dft_kernels
 
 # resemblyzer's hparams.py, which fix what the pretrained weights expect.
 SAMPLE_RATE = 16000
@@ -55,7 +60,9 @@ class GE2EFrontEnd(nn.Module):
     was trained on the linear power mel.
 
     The squared magnitude is taken as ``re^2 + im^2`` so that silent bins (where
-    ``|X| = 0``) still have a finite gradient.
+    ``|X| = 0``) still have a finite gradient. While a graph is traced or exported the
+    STFT is a strided convolution with DFT kernels (:mod:`spksep_modules.nnet.stft`),
+    which the ONNX exporter takes; otherwise ``torch.stft``, as an FFT is cheaper.
 
     Arguments
     ---------
@@ -80,8 +87,10 @@ class GE2EFrontEnd(nn.Module):
         )
         # Not in the state dict: they are fixed by the hyperparameters, and leaving them out
         # keeps the key names identical to resemblyzer's checkpoint.
-        self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
+        window = torch.hann_window(n_fft, periodic=True)
+        self.register_buffer("window", window, persistent=False)
         self.register_buffer("fbank", fbank, persistent=False)  # [freqs, mels]
+        self.register_buffer("dft", dft_kernels(window, n_fft), persistent=False)
 
     def num_frames(self, num_samples: int) -> int:
         """Frames that ``forward`` returns for ``num_samples`` samples (centred STFT)."""
@@ -89,12 +98,51 @@ class GE2EFrontEnd(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """``wav [batch, time]`` -> power mel ``[batch, frames, n_mels]``."""
-        spec = torch.stft(
-            wav, n_fft=self.n_fft, hop_length=self.hop, window=self.window.to(wav.dtype),
-            center=True, pad_mode="constant", return_complex=True,
-        )  # [batch, freqs, frames]
-        power = spec.real.pow(2) + spec.imag.pow(2)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            re, im = conv_stft(wav, self.dft, self.hop, center=True, pad_mode="constant")
+        else:
+            spec = torch.stft(
+                wav, n_fft=self.n_fft, hop_length=self.hop, window=self.window.to(wav.dtype),
+                center=True, pad_mode="constant", return_complex=True,
+            )
+            re, im = spec.real, spec.imag
+        power = re.pow(2) + im.pow(2)  # [batch, freqs, frames]
         return torch.matmul(power.transpose(1, 2), self.fbank.to(power.dtype))
+
+
+def _partial_step(rate: float) -> int:
+    """Frames between the starts of two partials (77 at resemblyzer's 1.3 per second)."""
+    step = int(round(SAMPLE_RATE / rate / HOP))
+    if not 0 < step <= PARTIAL_FRAMES:
+        raise ValueError(f"rate {rate} gives a partial step of {step} frames; "
+                         f"it must be in 1..{PARTIAL_FRAMES}")
+    return step
+
+
+def _check_coverage(min_coverage: float) -> None:
+    if not 0 < min_coverage <= 1:
+        raise ValueError(f"min_coverage must be in (0, 1], got {min_coverage}")
+
+
+def _length(wav: torch.Tensor) -> torch.Tensor:
+    """``wav``'s length as a 0-d tensor: under ``torch.jit.trace`` (and so in an ONNX
+    export) the traced size, which keeps the arithmetic on it in the graph."""
+    length = wav.shape[-1]
+    return length if torch.is_tensor(length) else torch.tensor(length)
+
+
+def _partial_count(num_samples: torch.Tensor, step: int, min_coverage: float) -> torch.Tensor:
+    """How many partials cover ``num_samples`` (a 0-d int64 tensor; under ``torch.jit.trace``
+    the traced length, so the count stays general). See ``partial_starts``."""
+    # resemblyzer counts ceil((n + 1) / hop) frames, which is the centred STFT's 1 + n // hop.
+    frames = 1 + torch.div(num_samples, HOP, rounding_mode="floor")
+    # Partials start at 0, step, 2 step, ... while below frames - PARTIAL_FRAMES + step + 1.
+    upper = (frames - PARTIAL_FRAMES + step + 1).clamp(min=1)
+    count = torch.div(upper + step - 1, step, rounding_mode="floor")
+    # The last one is dropped when under min_coverage of it is audio, unless it is the only
+    # one. float64: the same test as resemblyzer's Python division.
+    coverage = (num_samples - (count - 1) * step * HOP).to(torch.float64) / (PARTIAL_FRAMES * HOP)
+    return count - ((coverage < min_coverage) & (count > 1)).to(count.dtype)
 
 
 def partial_starts(num_samples: int, rate: float = 1.3, min_coverage: float = 0.75) -> List[int]:
@@ -124,20 +172,10 @@ def partial_starts(num_samples: int, rate: float = 1.3, min_coverage: float = 0.
     >>> partial_starts(16000), partial_starts(48000)  # 1 s, 3 s: a partial every 77 frames
     ([0], [0, 77, 154])
     """
-    if not 0 < min_coverage <= 1:
-        raise ValueError(f"min_coverage must be in (0, 1], got {min_coverage}")
-    # resemblyzer writes this as ceil((n + 1) / hop); it equals the centred STFT's count.
-    n_frames = 1 + num_samples // HOP
-    step = int(round(SAMPLE_RATE / rate / HOP))
-    if not 0 < step <= PARTIAL_FRAMES:
-        raise ValueError(f"rate {rate} gives a partial step of {step} frames; "
-                         f"it must be in 1..{PARTIAL_FRAMES}")
-    starts = list(range(0, max(1, n_frames - PARTIAL_FRAMES + step + 1), step))
-    last = starts[-1] * HOP
-    coverage = (num_samples - last) / (PARTIAL_FRAMES * HOP)
-    if coverage < min_coverage and len(starts) > 1:
-        starts = starts[:-1]
-    return starts
+    _check_coverage(min_coverage)
+    step = _partial_step(rate)
+    count = int(_partial_count(torch.tensor(num_samples), step, min_coverage))
+    return list(range(0, count * step, step))
 
 
 class GE2E(Configurable, nn.Module):
@@ -167,19 +205,31 @@ class GE2E(Configurable, nn.Module):
 
     def __init__(self, rate: float = 1.3, min_coverage: float = 0.75):
         super().__init__()
+        _check_coverage(min_coverage)
+        _partial_step(rate)
         self.rate = rate
         self.min_coverage = min_coverage
         self.mel = GE2EFrontEnd()
         self.lstm = nn.LSTM(N_MELS, HIDDEN, LAYERS, batch_first=True)
         self.linear = nn.Linear(HIDDEN, EMBEDDING)
-        self.lstm.train(True)
+
+    # cuDNN refuses to backpropagate through an LSTM in eval mode, and a frozen encoder
+    # inside a loss is in eval mode yet must pass gradients to its input. This LSTM has no
+    # dropout, so its training mode computes exactly what eval mode would: on CUDA it stays
+    # in training mode. Elsewhere it follows the module, so that an eval-mode copy is
+    # traced and exported in eval mode. Decided again whenever the parameters move
+    # (``to``, ``cuda``, ``cpu`` go through ``_apply``).
+    def _set_lstm_mode(self) -> None:
+        self.lstm.train(self.training or self.lstm.weight_ih_l0.is_cuda)
 
     def train(self, mode: bool = True):
-        # cuDNN refuses to backpropagate through an LSTM in eval mode, and a frozen encoder
-        # inside a loss is in eval mode yet must pass gradients to its input. This LSTM has
-        # no dropout, so its training mode computes exactly what eval mode would: keep it.
         super().train(mode)
-        self.lstm.train(True)
+        self._set_lstm_mode()
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self._set_lstm_mode()
         return self
 
     @staticmethod
@@ -207,20 +257,25 @@ class GE2E(Configurable, nn.Module):
         """``wav [batch, time]`` at 16 kHz -> utterance embeddings ``[batch, 256]``.
 
         Like resemblyzer's ``embed_utterance``, for a whole batch at once: cut the mel
-        spectrogram into overlapping 160-frame partials (zero-padding the audio so the
-        last one is complete), embed each, average the unit vectors and re-normalise.
-        All items share a length, hence the same partials.
+        spectrogram into overlapping 160-frame partials (``partial_starts``; the audio
+        zero-padded so the last one is complete), embed each, average the unit vectors and
+        re-normalise. All items share a length, hence the same partials.
+
+        The partials are counted, padded for and cut with tensor operations on the
+        length, which a trace keeps general.
         """
         self._check(wav)
-        num_samples = wav.shape[-1]
-        starts = partial_starts(num_samples, self.rate, self.min_coverage)
-        needed = (starts[-1] + PARTIAL_FRAMES) * HOP
-        if needed > num_samples:
-            wav = F.pad(wav, (0, needed - num_samples))
-        mel = self.mel(wav)  # [batch, frames, 40]
-        mels = torch.stack([mel[:, s:s + PARTIAL_FRAMES] for s in starts], dim=1)
-        batch, n_partials = mels.shape[:2]
-        partials = self._embed_partials(mels.flatten(0, 1)).view(batch, n_partials, -1)
+        step = _partial_step(self.rate)
+        length = _length(wav)
+        starts = torch.arange(_partial_count(length, step, self.min_coverage)) * step
+        # Zero-padded to the last partial's end, by a slice of a fixed 1.6 s padding (a
+        # kept partial starts on the audio, so it ends less than 1.6 s past it).
+        end = torch.maximum(length, (starts[-1] + PARTIAL_FRAMES) * HOP)
+        padded = F.pad(wav, (0, PARTIAL_FRAMES * HOP))[:, :end]
+        index = (starts[:, None] + torch.arange(PARTIAL_FRAMES)).to(wav.device)
+        mels = self.mel(padded)[:, index]  # [batch, partials, 160, 40]
+        partials = self._embed_partials(mels.flatten(0, 1))
+        partials = partials.view(wav.shape[0], -1, partials.shape[-1])
         return F.normalize(partials.mean(dim=1), dim=-1)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ trained with them:
 
 ``forward`` takes exactly ``window`` samples (59049 = 3^10, ~3.7 s). ``embed`` takes any
 length and averages the embeddings of overlapping windows, as the authors' test-time
-evaluation does.
+evaluation does; it tiles and windows with tensor operations on the input's length, so a
+trace (or an ONNX export) made at one length works at any other.
 """
 
 import math
@@ -202,6 +203,23 @@ class FeatureMapScaling(nn.Sequential):
         return x * s + s
 
 
+def _length(wav: torch.Tensor) -> torch.Tensor:
+    """``wav``'s length as a 0-d tensor: under ``torch.jit.trace`` (and so in an ONNX
+    export) the traced size, which keeps the arithmetic on it in the graph."""
+    length = wav.shape[-1]
+    return length if torch.is_tensor(length) else torch.tensor(length)
+
+
+def _window_starts(length: torch.Tensor, window: int, hop: int) -> torch.Tensor:
+    """``window_starts`` of a 0-d int64 ``length`` as a tensor (under ``torch.jit.trace``,
+    of the traced length: the window count stays general)."""
+    total = length.clamp(min=window)  # a shorter signal is tiled up to one window
+    # ceil((total - window) / hop) + 1 windows, every hop, the last one clamped to end
+    # on the last sample.
+    count = torch.div(total - window + hop - 1, hop, rounding_mode="floor") + 1
+    return torch.minimum(torch.arange(count) * hop, total - window)
+
+
 def window_starts(length: int, window: int, hop: int) -> list:
     """Start samples of the analysis windows that cover ``length`` samples.
 
@@ -214,10 +232,7 @@ def window_starts(length: int, window: int, hop: int) -> list:
     >>> window_starts(100, window=100, hop=30), window_starts(131, window=100, hop=30)
     ([0], [0, 30, 31])
     """
-    if length <= window:
-        return [0]
-    count = -(-(length - window) // hop) + 1  # ceil((length - window) / hop) + 1
-    return [i * hop for i in range(count - 1)] + [length - window]
+    return _window_starts(torch.tensor(length), window, hop).tolist()
 
 
 class RawNet2(Configurable, nn.Module):
@@ -323,19 +338,21 @@ class RawNet2(Configurable, nn.Module):
         batch and the embeddings of each utterance's windows are averaged. Differentiable
         with respect to ``wav``. The authors also peak-normalise each utterance; the input
         layer norm makes the network insensitive to scale, so that step is left out.
+
+        The windows are one index tensor computed from the length, which a trace keeps
+        general: sample positions modulo the length, so a short signal's single window
+        wraps around (the tiling) and a longer signal's windows, which end on its last
+        sample, index it as they are.
         """
         if wav.dim() != 2 or wav.shape[1] == 0:
             raise ValueError(f"RawNet2.embed expects [batch, time>0] waveforms, got "
                              f"{tuple(wav.shape)}")
-        batch, length = wav.shape
-        if length < self.window:
-            wav = wav.repeat(1, -(-self.window // length))[:, :self.window]
-            length = self.window
-        starts = torch.tensor(window_starts(length, self.window, self.hop), device=wav.device)
-        index = starts[:, None] + torch.arange(self.window, device=wav.device)  # [n, window]
-        windows = wav[:, index]  # [B, n, window]
+        length = _length(wav)
+        starts = _window_starts(length, self.window, self.hop)
+        index = (starts[:, None] + torch.arange(self.window)) % length  # [n, window]
+        windows = wav[:, index.to(wav.device)]  # [B, n, window]
         emb = self(windows.reshape(-1, self.window))
-        return emb.view(batch, len(starts), -1).mean(1)
+        return emb.view(wav.shape[0], -1, emb.shape[-1]).mean(1)
 
     def classify(self, emb: torch.Tensor) -> torch.Tensor:
         """Speaker logits, ``emb [B, embedding_dim]`` -> ``[B, num_classes]``.
