@@ -6,9 +6,14 @@ norms, left-padded depthwise convs) and decodes frame k onto samples ``k*S .. k*
 :class:`StreamingSeparator` runs exactly that computation chunk by chunk, keeping as state
 
 - the input samples not yet part of a whole frame (fewer than L);
-- for every TCN block, the last ``(P - 1) * dilation`` frames its depthwise conv read
-  (its left context, a :class:`FrameHistory`);
-- the decoder's overlap-add tail (``L - S`` samples still to receive a later frame).
+- the model's own streaming state (``ConvTasNet.streaming_state()``): for every TCN
+  block, the last ``(P - 1) * dilation`` frames its depthwise conv read (its left context,
+  ``nnet.layers.FrameHistory``), and the decoder's overlap-add tail (``L - S`` samples
+  still to receive a later frame).
+
+The computation itself is the model's: ``ConvTasNet.forward_streaming`` and its layers'
+``forward_streaming`` (time-major frames; see ``nnet.layers``). This class only cuts the
+chunks into whole frames, keeps the samples between them, and ends the signal.
 
 Each call ``push(chunk)`` returns the samples that are final: sample t is returned as
 soon as the input up to ``k*S + L - 1`` has arrived, with k the last frame covering t.
@@ -19,7 +24,7 @@ the offline causal model's on the whole signal, to float tolerance, whatever the
 sizes (``tests/deploy/test_streaming.py``).
 
 The speaker-conditioned model streams with
-:class:`~spksep_modules.streaming_conditioned.StreamingConditionedSeparator`, which runs
+:class:`~spksep_modules.deploy.streaming_conditioned.StreamingConditionedSeparator`, which runs
 this class for its basic model.
 """
 
@@ -28,50 +33,7 @@ import torch.nn.functional as F
 
 from spksep_modules import SpkSepError
 from spksep_modules.nnet.filterbank import padded_length
-
-
-class FrameHistory:
-    """The last ``context`` frames a causal dilated conv reads, kept across chunks.
-
-    A linear buffer with room for several chunks after the context: ``append(y)`` writes
-    the new frames after the current ones and returns a view of the context followed by
-    them, so the taps are plain slices (no concatenation per chunk). When the room runs
-    out, the context is moved back to the front. The room is at least twice the context,
-    so that move (context frames) costs at most half a frame per frame appended: with a
-    fixed room, the 256-frame contexts of the last blocks were copied every few chunks.
-
-    Example
-    -------
-    >>> history = FrameHistory(context=4, channels=1)
-    >>> history.append(torch.ones(3, 1)).flatten().tolist()  # zeros before the signal
-    [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
-    >>> history.append(2 * torch.ones(2, 1)).flatten().tolist()
-    [0.0, 1.0, 1.0, 1.0, 2.0, 2.0]
-    """
-
-    def __init__(self, context: int, channels: int, dtype=torch.float32):
-        self.context = context
-        self.buffer = torch.zeros(self._size(0), channels, dtype=dtype)
-        self.end = context  # frames before ``end`` hold the history
-
-    def append(self, frames: torch.Tensor) -> torch.Tensor:
-        k = frames.shape[0]
-        if self.end + k > self.buffer.shape[0]:
-            start = self.end - self.context
-            history = self.buffer[start: self.end]
-            if start < self.context:  # overlaps the front: copy it out first
-                history = history.clone()
-            if self.context + k > self.buffer.shape[0]:
-                self.buffer = self.buffer.new_zeros(self._size(k), frames.shape[1])
-            self.buffer[: self.context] = history
-            self.end = self.context
-        self.buffer[self.end: self.end + k] = frames
-        self.end += k
-        return self.buffer[self.end - k - self.context: self.end]
-
-    def _size(self, k: int) -> int:
-        """Buffer frames: the context and a room of at least twice it (and 8 appends of k)."""
-        return self.context + max(64, 2 * self.context, 8 * k)
+from spksep_modules.nnet.layers import reset_streaming_state
 
 
 class StreamingSeparator:
@@ -110,18 +72,16 @@ class StreamingSeparator:
         if not separator.causal:
             raise SpkSepError("streaming: the model is not causal (train it with causal: True)")
         self.model = separator.eval()
-        self.tcn = separator.separator
         self.L, self.S = separator.L, separator.stride
         self.num_spks = separator.num_spks
-        self._prepare()
+        # the model's own streaming state: each block's left context, the overlap-add tail
+        self.state = self.model.streaming_state()
         self.reset()
 
     def reset(self):
         """Forget the signal so far (the next ``push`` starts a new one)."""
         self.pending = None  # input samples not yet consumed by a whole frame
-        self.contexts = [None] * len(self.tcn.blocks)
-        self.tail = None  # [C, L - S] overlap-add tail
-        self.frames = 0  # frames computed
+        reset_streaming_state(self.state)
         self.received = 0  # input samples received
         self.emitted = 0  # output samples returned
 
@@ -129,102 +89,6 @@ class StreamingSeparator:
         """Algorithmic latency, in samples, for chunks of ``chunk`` samples: the first
         sample of a chunk waits for the rest of it and for the frame that completes it."""
         return chunk + self.L - 1
-
-    # ---------------------------------------------------------------- the TCN, causal
-    # Frames-first layout [frames, channels]: every 1x1 conv is one small matrix product
-    # (addmm with its weight transposed once, here), every per-frame norm a native
-    # layer_norm over the last axis, which on a few frames costs far less than conv1d's
-    # setup. At 10 frames a chunk the per-op cost, not the arithmetic, dominates, so the
-    # loop below is the fewest ops that compute a block (timings: bench/bench_streaming.py).
-    def _prepare(self):
-        def lin(conv):  # a 1x1 conv as (bias, weight [in, out]) for addmm
-            return conv.bias, conv.weight[:, :, 0].T.contiguous()
-
-        def act_norm(layer):
-            norm = layer.norm
-            return layer.act.weight, (norm.gamma.shape[0],), norm.gamma, norm.beta, norm.eps
-
-        tcn = self.tcn
-        self.plan = []
-        for block in tcn.blocks:
-            taps = block.dconv.weight[:, 0, :].T.contiguous()  # [P, H]
-            bias = block.dconv.bias
-            self.plan.append(dict(
-                inp=lin(block.in_conv), out=lin(block.out_conv),
-                act_norm1=act_norm(block.act_norm1), act_norm2=act_norm(block.act_norm2),
-                # the last tap reads the current frames themselves (lag 0)
-                taps=list(taps.unbind(0)),
-                dconv_bias=bias if bias is not None else taps.new_zeros(taps.shape[1]),
-                dilation=block.dconv.dilation[0], context=block.dconv.left_context,
-                res=block.has_residual, skip=block.has_skip, B=block.out_splits[0]))
-        norm = tcn.in_norm
-        self.in_norm = (norm.gamma.shape[0],), norm.gamma, norm.beta, norm.eps
-        self.bottleneck = lin(tcn.bottleneck)
-        model = self.model
-        self.encoder_w = model.encoder.weight[:, 0, :].T.contiguous()  # [L, N]
-        Q = -(-self.L // self.S)  # hops a frame spans; the decoder's pieces padded to Q hops
-        self.decoder_w = F.pad(model.decoder.weight[:, 0, :], (0, Q * self.S - self.L))
-        self.mask_w = tcn.mask_conv.weight[:, :, 0].T.contiguous()
-
-    @staticmethod
-    def _act_norm(params, x):
-        slope, shape, gamma, beta, eps = params
-        return F.layer_norm(F.prelu(x, slope), shape, gamma, beta, eps)
-
-    def _dconv(self, i, step, y):
-        """The causal depthwise conv of block ``i`` on the new frames ``y [k, H]``."""
-        context = self.contexts[i]
-        if context is None:
-            context = self.contexts[i] = FrameHistory(step["context"], y.shape[1], y.dtype)
-        taps, d, k = step["taps"], step["dilation"], y.shape[0]
-        past = context.append(y)  # frames t - (P - 1) * d .. t + k - 1, as a view
-        out = torch.addcmul(step["dconv_bias"], past[:k], taps[0])
-        for p in range(1, len(taps) - 1):
-            out.addcmul_(past[p * d: p * d + k], taps[p])
-        return out.addcmul_(y, taps[-1])
-
-    def _masks(self, enc):
-        """``enc [k, N]`` -> masks ``[k, C, N]`` (a view)."""
-        tcn = self.tcn
-        shape, gamma, beta, eps = self.in_norm
-        bias, weight = self.bottleneck
-        x = torch.addmm(bias, F.layer_norm(enc, shape, gamma, beta, eps), weight)
-        skip_sum = None
-        for i, step in enumerate(self.plan):
-            y = self._act_norm(step["act_norm1"], torch.addmm(step["inp"][0], x, step["inp"][1]))
-            y = self._act_norm(step["act_norm2"], self._dconv(i, step, y))
-            out = torch.addmm(step["out"][0], y, step["out"][1])  # [k, (res) + (skip)]
-            B = step["B"]
-            if step["res"]:
-                x = x + out[:, :B]
-            if step["skip"]:
-                skp = out[:, B:] if step["res"] else out
-                skip_sum = skp.clone() if skip_sum is None else skip_sum.add_(skp)
-        feats = skip_sum if tcn.skip else x
-        score = F.prelu(feats, tcn.out_act.weight) @ self.mask_w  # [k, C*N]
-        return tcn.mask(score.T[None])[0].permute(2, 0, 1)  # the model's own mask activation
-
-    def _frames(self, samples):
-        """Frames of ``samples [1, n]`` (n = (k - 1) * S + L) -> final output samples.
-
-        Framing and the encoder are one matrix product on the unfolded samples, the decoder
-        one more and an overlap-add: on a chunk's few frames, conv1d's setup would cost
-        more than all its arithmetic."""
-        frames = samples[0].unfold(0, self.L, self.S)  # [k, L]
-        enc = torch.relu(frames @ self.encoder_w)  # [k, N]
-        k = enc.shape[0]
-        src_w = self._masks(enc) * enc[:, None]  # [k, C, N]
-        pieces = (src_w @ self.decoder_w).transpose(0, 1)  # [C, k, Q * S]
-        C, S, Q = pieces.shape[0], self.S, self.decoder_w.shape[1] // self.S
-        wav = pieces.new_zeros(C, k + Q - 1, S)  # overlap-add: piece q of frame j -> hop j + q
-        for q in range(Q):
-            wav[:, q: q + k] += pieces[..., q * S: (q + 1) * S]
-        wav = wav.reshape(C, -1)
-        if self.tail is not None:
-            wav[:, : self.tail.shape[1]] += self.tail
-        self.frames += k
-        self.tail = wav[:, k * S: (k - 1) * S + self.L]
-        return wav[:, : k * S]
 
     # ---------------------------------------------------------------- public
     @torch.inference_mode()
@@ -237,7 +101,7 @@ class StreamingSeparator:
         if k <= 0:
             self.pending = buf
             return buf.new_zeros(0, self.num_spks)
-        out = self._frames(buf[:, : (k - 1) * self.S + self.L])
+        out = self.model.forward_streaming(buf[0, : (k - 1) * self.S + self.L], self.state)
         self.pending = buf[:, k * self.S:]
         return self._emit(out, self.received)
 
@@ -255,17 +119,15 @@ class StreamingSeparator:
             self.reset()
             return torch.zeros(0, self.num_spks)
         padded = padded_length(total, self.L, self.S)
-        consumed = self.frames * self.S  # samples before the pending ones
         pending = self.pending if self.pending is not None else \
             self.model.encoder.weight.new_zeros(1, 0)
-        need = padded - consumed - pending.shape[1]
+        consumed = total - pending.shape[1]  # samples before the pending ones
         pieces = []
-        if need > 0 or (pending.shape[1] >= self.L):
-            buf = F.pad(pending, (0, max(0, need)))
-            if buf.shape[1] >= self.L:
-                pieces.append(self._frames(buf))
-        if self.tail is not None:
-            pieces.append(self.tail)
+        buf = F.pad(pending, (0, max(0, padded - consumed - pending.shape[1])))
+        if buf.shape[1] >= self.L:  # the last frames, zero-padded as the offline model pads
+            pieces.append(self.model.forward_streaming(buf[0], self.state))
+        pieces.append(self.state["filterbank"].flush())
+        pieces = [p for p in pieces if p.numel()]
         out = torch.cat(pieces, dim=1) if pieces else pending.new_zeros(self.num_spks, 0)
         result = self._emit(out, total)
         self.reset()

@@ -31,12 +31,11 @@ within 3 s; a refresh every second costs one embedding per second (the expensive
 improve. Both are settings (``spksep separate --stream --refresh_seconds --window_seconds``).
 
 **What runs per chunk.** The basic Conv-TasNet streams with
-:class:`~spksep_modules.streaming.StreamingSeparator`; each pass then runs its stack frame
-by frame with state: the mixture's frames (and, with ``estimate_cue``, the estimate's),
-the input 1x1 conv, each of the stack's layers with its own left context
-(``dilation * (kernel - 1)`` frames), FiLM with the current segment's scale and shift, the
-output conv, the mask and the decoder's overlap-add tail, as ``StreamingSeparator`` does
-for the TCN. Every conv there is a matrix product on a few time-major frames.
+:class:`~spksep_modules.deploy.streaming.StreamingSeparator`; each pass then runs the
+model's own streaming mode, ``ConditionedSeparator.forward_streaming`` (its stack's and
+layers' ``forward_streaming``, time-major frames, each layer keeping its left context),
+with FiLM from the current segment's embeddings. This module keeps only the two streams'
+samples, the refresh schedule, the pass-through before the first refresh and the latency.
 
 **Latency.** With ``estimate_cue`` the cue of frame j reads the estimate's samples
 ``j*S .. j*S + L - 1``, which are final only once the previous stage has computed the
@@ -46,7 +45,8 @@ one before. Algorithmic latency is thus ``chunk + L - 1 + K * S`` samples for L 
 cue. The refresh chunks also compute the embeddings (a GE2E or RawNet2 pass over the
 window): compute, not algorithmic latency, but a player needs that much output buffered.
 
-:func:`offline_reference` computes the same causal rule on whole-signal tensors; the
+:func:`offline_reference` computes the same causal rule on whole-signal tensors with the
+model's own offline pass (``stack_pass`` with FiLM parameters per frame); the
 streamed output equals it to float tolerance whatever the chunk sizes, and its output
 up to a time never changes when later audio does (``tests/deploy/test_streaming_conditioned.py``).
 Note that this is *not* the offline model's output (whose embeddings see the whole
@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 from spksep_modules import SpkSepError
 from spksep_modules.nnet.filterbank import encode_padded, padded_length
-from spksep_modules.nnet.norms import ChannelNorm
+from spksep_modules.nnet.layers import reset_streaming_state
 from spksep_modules.deploy.streaming import StreamingSeparator
 
 
@@ -85,10 +85,7 @@ def check_streamable(model) -> None:
 
     if not isinstance(model, ConditionedSeparator):
         raise SpkSepError(f"streaming: expected a ConditionedSeparator, got {type(model).__name__}")
-    causal_stack = isinstance(model.enc_norm, ChannelNorm) and all(  # left padding only
-        layer.conv.padding[0] == 0 and (layer.pad is None or layer.pad[1] == 0)
-        for layer in model.stack.layers)
-    if not causal_stack:
+    if not model.stack.causal:  # as recorded when the model was built
         raise SpkSepError("streaming: the conditioned model is not causal "
                           "(train it with causal: True on a causal basic model)")
     basic = model.basic_model
@@ -115,8 +112,7 @@ def _schedule(model, sample_rate, refresh_seconds, window_seconds):
 
 def _film(model, estimates):
     """Embeddings of ``estimates [n, C]`` -> FiLM ``(scale, shift)``, ``[C, layers, Ch]`` each."""
-    emb = model.embed(estimates[None])  # [1, C, D]
-    return model.film_generator(model.conditions(emb)[0])
+    return model.film(model.embed(estimates[None]))
 
 
 # ----------------------------------------------------------------------------- offline
@@ -126,8 +122,8 @@ def offline_reference(model, mix: torch.Tensor, sample_rate: int = None,
     """The streaming rule (module docstring) computed on whole signals: ``mix [T]`` ->
     ``[T, C]``, what :class:`StreamingConditionedSeparator` returns chunk by chunk.
 
-    Each pass runs the stack over frames ``f_1 ..`` at once, with per-frame FiLM scales and
-    shifts that are piecewise constant between refreshes.
+    Each pass is the model's own ``stack_pass`` over frames ``f_1 ..`` at once, with
+    per-frame FiLM scales and shifts that are piecewise constant between refreshes.
 
     Example
     -------
@@ -158,77 +154,32 @@ def offline_reference(model, mix: torch.Tensor, sample_rate: int = None,
 
 
 def _offline_pass(model, enc, estimates, every, window):
-    length, num_spks = estimates.shape
-    S, frames, stack = model.stride, enc.shape[-1], model.stack
+    """One pass by the refresh rule: the model's own :meth:`stack_pass` on the frames from
+    the first refresh on, with FiLM parameters that are constant between refreshes."""
+    S, frames = model.stride, enc.shape[-1]
     refreshes = list(range(every, frames, every))
     first = refreshes[0]
-    scale = enc.new_empty(num_spks, stack.num_layers, stack.channels, frames - first)
+    scale = enc.new_empty(model.num_spks, model.stack.num_layers, model.stack.channels,
+                          frames - first)
     shift = torch.empty_like(scale)
     for r, frame in enumerate(refreshes):
         end = refreshes[r + 1] if r + 1 < len(refreshes) else frames
         sc, sh = _film(model, estimates[max(0, frame * S - window): frame * S])
         scale[..., frame - first: end - first] = sc[..., None]
         shift[..., frame - first: end - first] = sh[..., None]
-    enc = enc[..., first:]
-    x = model.enc_norm(enc)
-    weight, n_mix = stack.inp.weight, enc.shape[1]
-    h = F.conv1d(x, weight[:, :n_mix], stack.inp.bias)  # [1, Ch, k]
-    if model.estimate_cue:
-        cue = model.enc_norm(encode_padded(model.encoder, estimates.T))[..., first:]
-        h = h + F.conv1d(cue, weight[:, n_mix:])  # [C, Ch, k]
-    else:
-        h = h.expand(num_spks, -1, -1)
-    for i, layer in enumerate(stack.layers):  # ConditionedLayer, with FiLM varying in time
-        y = layer.conv(h if layer.pad is None else F.pad(h, layer.pad))
-        h = h + layer.act(torch.addcmul(shift[:, i], layer.norm(y), scale[:, i]))
-    mask = stack.out(h)
-    if not model.residual:
-        mask = torch.relu(mask) if model.mask_activation == "relu" else torch.sigmoid(mask)
-    wav = model.decode(mask * enc, length - first * S).T  # [T - f_1 S, C]
     out = estimates.clone()
-    out[first * S:] = estimates[first * S:] + wav if model.residual else wav
+    out[first * S:] = model.stack_pass(enc[..., first:], scale, shift, estimates[None, first * S:])[0]
     return out
 
 
 # ----------------------------------------------------------------------------- streaming
-class _LayerHistory:
-    """One stack layer's left context for a stream: the frames its dilated conv reads,
-    time-major ``[frames, C, Ch]`` in a buffer with room to append, so that each chunk
-    copies only its own frames (the context moves back to the front once per ~span
-    frames) and every tap is a contiguous slice."""
-
-    def __init__(self, span: int):
-        self.span, self.buf, self.filled = span, None, 0
-
-    def taps(self, h: torch.Tensor, dilation: int, kernel: int) -> torch.Tensor:
-        """Append ``h [k, C, Ch]``; return what the conv reads for those k frames, the
-        kernel's taps side by side: ``[k, C, kernel * Ch]`` (tap p at channels p*Ch..)."""
-        k, span = h.shape[0], self.span
-        if self.buf is None:  # the stack starts: zero left context
-            self.buf = h.new_zeros(2 * span + max(k, 64), *h.shape[1:])
-            self.filled = span
-        elif self.filled + k > self.buf.shape[0]:
-            context = self.buf[self.filled - span: self.filled].clone()
-            if span + k > self.buf.shape[0]:
-                self.buf = h.new_empty(2 * span + k, *h.shape[1:])
-            self.buf[:span] = context
-            self.filled = span
-        n = self.filled
-        self.buf[n: n + k] = h
-        self.filled = n + k
-        first = n - span  # the frame tap 0 reads for new frame 0
-        return torch.cat([self.buf[first + p * dilation: first + p * dilation + k]
-                          for p in range(kernel)], dim=-1)
-
-
 class _StreamingPass:
     """One pass of the stack, chunk by chunk: (mixture, estimates) streams in, new
     estimates out, by the refresh rule of the module docstring.
 
-    The stack runs time-major (``[frames, C, channels]``): its 1x1 convs and each
-    dilated conv (all taps at once) are single matrix products, its per-frame channel
-    norm a native ``layer_norm``, FiLM a broadcast over frames; on the few frames of a
-    chunk that costs far less than conv1d's setup, as in ``StreamingSeparator``.
+    The computation is the model's own streaming mode
+    (``ConditionedSeparator.forward_streaming``, time-major frames); this class keeps the
+    two streams' samples, the refresh schedule and the pass-through before it.
     """
 
     def __init__(self, owner):
@@ -239,7 +190,7 @@ class _StreamingPass:
         # Estimate samples frame j needs beyond j*S before it can run: its cue frame, or
         # only its own hop (its residual base).
         self.need = self.L if model.estimate_cue else self.S
-        self.plan = owner.plan
+        self.state = model.streaming_state()  # the layers' context, the overlap-add tail
         self.reset()
 
     def reset(self):
@@ -248,9 +199,9 @@ class _StreamingPass:
         self.mix = weight.new_zeros(0)  # mixture samples from frames * S on
         self.est = weight.new_zeros(0, self.owner.num_spks)  # estimates from est_start on
         self.est_start = 0
-        self.history = [_LayerHistory(step["span"]) for step in self.plan["layers"]]
-        self.tail = None  # [C, L - S]: the stack's decoded output still to complete
-        self.film = None  # the current segment's [(scale, shift) [C, Ch] per layer]
+        reset_streaming_state(self.state)
+        self.ran = False  # whether the stack has run (from the first refresh on)
+        self.film = None  # the current segment's (scale, shift), [C, layers, Ch] each
 
     def _estimates(self, start, stop):
         return self.est[start - self.est_start: stop - self.est_start]
@@ -275,15 +226,10 @@ class _StreamingPass:
         out = [self._run((padded - self.L) // self.S + 1)]
         emitted = self.frames * self.S
         rest = self._estimates(emitted, max(emitted, total))
-        if self.tail is not None:  # the stack has run: its last overlap-add tail
-            corr = self._bias(self.tail[:, : rest.shape[0]]).T
-            rest = rest + corr if self.model.residual else corr
+        if self.ran:  # the stack's last overlap-add tail
+            rest = self.model.combine(rest, self.state["filterbank"].flush()[:, : rest.shape[0]].T)
         out.append(rest)
         return torch.cat(out)[: max(0, total - start)]
-
-    def _bias(self, wav):
-        bias = self.model.decoder.bias
-        return wav if bias is None else wav + bias
 
     def _run(self, target):
         every = self.owner.every
@@ -296,9 +242,8 @@ class _StreamingPass:
             else:
                 if start % every == 0:
                     window = self.owner.window
-                    scale, shift = _film(self.model, self._estimates(
+                    self.film = _film(self.model, self._estimates(
                         max(0, start * self.S - window), start * self.S))
-                    self.film = list(zip(scale.unbind(1), shift.unbind(1)))
                 stop = min(target, (start // every + 1) * every)
                 out.append(self._stack_frames(start, stop))
             self.frames = stop
@@ -309,88 +254,14 @@ class _StreamingPass:
         return torch.cat(out) if out else self.est.new_zeros(0, self.owner.num_spks)
 
     def _stack_frames(self, start, stop):
-        """Frames ``start .. stop - 1`` through the stack -> output samples
+        """Frames ``start .. stop - 1`` through the model's stack -> output samples
         ``start*S .. stop*S - 1``, ``[n, C]``."""
-        model, plan, S, L = self.model, self.plan, self.S, self.L
-        k, num_spks = stop - start, self.owner.num_spks
-        span = (k - 1) * S + L  # samples the k frames read, from start * S
-        # The encoder as a matrix product on the frames (unfold): [k, L] -> [k, N].
-        enc = F.relu(_affine(self.mix[:span].unfold(0, L, S), *plan["encoder"]))
-        n_mix, eps = enc.shape[1], plan["enc_eps"]
-        x = F.layer_norm(enc, (n_mix,), eps=eps)  # ChannelNorm, per frame
-        h = _affine(x, plan["inp_mix"], plan["inp_bias"])[:, None]  # [k, 1, Ch]
-        if model.estimate_cue:
-            frames = self._estimates(start * S, start * S + span).unfold(0, L, S)  # [k, C, L]
-            cue = F.relu(_affine(frames.reshape(k * num_spks, L), *plan["encoder"]))
-            cue = F.layer_norm(cue, (n_mix,), eps=eps)
-            h = torch.mm(cue, plan["inp_cue"]).view(k, num_spks, -1) + h  # [k, C, Ch]
-        else:
-            h = h.expand(-1, num_spks, -1)
-        width = h.shape[-1]
-        for step, history, (scale, shift) in zip(plan["layers"], self.history, self.film):
-            taps = h if step["span"] == 0 else history.taps(h, step["dilation"], step["kernel"])
-            y = _affine(taps.reshape(k * num_spks, -1), step["weight"], step["bias"])  # conv
-            y = F.layer_norm(y, (width,), eps=step["eps"]).view(k, num_spks, width)
-            h = h + F.prelu(torch.addcmul(shift, y, scale), step["prelu"])  # FiLM, act
-        mask = _affine(h.reshape(k * num_spks, width), *plan["out"])
-        if not model.residual:
-            mask = torch.relu(mask) if model.mask_activation == "relu" else torch.sigmoid(mask)
-        masked = mask.view(k, num_spks, n_mix) * enc[:, None]  # [k, C, N]
-        frames = torch.mm(masked.view(k * num_spks, n_mix), plan["decoder"])
-        wav = _overlap_add(frames.view(k, num_spks, L), S)  # [C, (k-1)S + L]
-        if self.tail is not None:
-            wav[:, : self.tail.shape[1]] += self.tail
-        self.tail = wav[:, k * S:]
-        corr = self._bias(wav[:, : k * S]).T
-        return self._estimates(start * S, stop * S) + corr if model.residual else corr
-
-
-def _affine(x, weight_t, bias):
-    """``x [M, in] @ weight_t [in, out] + bias``. With the weight stored transposed and
-    contiguous this is ~5x faster than ``F.linear`` on a chunk's few rows (measured,
-    [20, 192] x [192, 64], one thread: 9 us against 45 us)."""
-    return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
-
-
-def _overlap_add(frames, stride):
-    """Decoded frames ``[k, C, L]`` (time-major) -> their overlap-add ``[C, (k-1)*stride + L]``,
-    frame j at sample ``j * stride`` (as ``nnet.filterbank.overlap_add_decode``)."""
-    k, num_spks, length = frames.shape
-    parts = -(-length // stride)
-    if parts * stride != length:
-        frames = F.pad(frames, (0, parts * stride - length))
-    pieces = frames.view(k, num_spks, parts, stride).transpose(0, 1)  # [C, k, Q, S]
-    out = frames.new_zeros(num_spks, k + parts - 1, stride)
-    for q in range(parts):  # piece q of frame j lands on output hop j + q
-        out[:, q: q + k] += pieces[:, :, q]
-    return out.view(num_spks, -1)[:, : (k - 1) * stride + length]
-
-
-def _stack_plan(model):
-    """The stack's weights laid out for time-major streaming: every matrix transposed
-    ``[in, out]`` and contiguous (a copy, made once: a streamer serves the weights the
-    model had when it was built)."""
-    stack = model.stack
-    n_mix = model.encoder.out_channels
-    layers = []
-    for layer in stack.layers:
-        conv = layer.conv
-        if layer.act.weight.numel() != 1:
-            raise SpkSepError("streaming: the stack's PReLU has one slope per channel; "
-                              "only a shared slope streams")
-        out_ch, in_ch, kernel = conv.weight.shape
-        layers.append(dict(
-            span=conv.dilation[0] * (kernel - 1), dilation=conv.dilation[0], kernel=kernel,
-            # [out, in, K] -> [K * in, out]: tap p's weights at rows p*in ..
-            weight=conv.weight.permute(2, 1, 0).reshape(kernel * in_ch, out_ch).contiguous(),
-            bias=conv.bias, eps=layer.norm.eps, prelu=layer.act.weight))
-    inp = stack.inp.weight[:, :, 0].T  # [in, Ch]
-    return dict(layers=layers, enc_eps=model.enc_norm.eps,
-                encoder=(model.encoder.weight[:, 0].T.contiguous(), model.encoder.bias),
-                decoder=model.decoder.weight[:, 0].contiguous(),  # [N, L]
-                inp_mix=inp[:n_mix].contiguous(), inp_cue=inp[n_mix:].contiguous(),
-                inp_bias=stack.inp.bias,
-                out=(stack.out.weight[:, :, 0].T.contiguous(), stack.out.bias))
+        S = self.S
+        span = (stop - start - 1) * S + self.L  # samples the frames read, from start * S
+        self.ran = True
+        return self.model.forward_streaming(
+            self.mix[:span], self._estimates(start * S, start * S + span),
+            self._estimates(start * S, stop * S), *self.film, self.state)
 
 
 class StreamingConditionedSeparator:
@@ -398,7 +269,7 @@ class StreamingConditionedSeparator:
 
     Speaker embeddings come from audio already seen: refreshed every ``refresh_seconds``
     from the last ``window_seconds`` of estimates (module docstring). Same interface as
-    :class:`~spksep_modules.streaming.StreamingSeparator`.
+    :class:`~spksep_modules.deploy.streaming.StreamingSeparator`.
 
     Arguments
     ---------
@@ -440,7 +311,6 @@ class StreamingConditionedSeparator:
             model, sample_rate, refresh_seconds, window_seconds)
         self.refresh_seconds, self.window_seconds = refresh_seconds, window_seconds
         self.num_spks = model.num_spks
-        self.plan = _stack_plan(model)
         self.basic = StreamingSeparator(model.basic_model)
         self.passes = [_StreamingPass(self) for _ in range(model.refine_iterations)]
         self.reset()
@@ -498,7 +368,7 @@ def make_streamer(separator, sample_rate: int, refresh_seconds: float = 1.0,
                   window_seconds: float = 3.0):
     """The streamer for ``separator``: a conditioned model streams with
     :class:`StreamingConditionedSeparator`, a Conv-TasNet with
-    :class:`~spksep_modules.streaming.StreamingSeparator` (which refuses, in one line, a
+    :class:`~spksep_modules.deploy.streaming.StreamingSeparator` (which refuses, in one line, a
     model that cannot stream).
 
     Example

@@ -62,8 +62,14 @@ from spksep_modules import SpkSepError
 from spksep_modules.models.base import Separator, SeparatorOutput, as_batch
 from spksep_modules.models.film import FiLM, FiLMGenerator
 from spksep_modules.nnet.example_cache import ExampleCache
-from spksep_modules.nnet.filterbank import encode_padded, overlap_add_decode
+from spksep_modules.nnet.filterbank import (
+    StreamingFilterbank,
+    encode_padded,
+    overlap_add_decode,
+)
+from spksep_modules.nnet.folding import norm_statistics, prelu_
 from spksep_modules.nnet.frozen import Frozen
+from spksep_modules.nnet.layers import FrameHistory, frames_affine, frames_matrix
 from spksep_modules.nnet.norms import plain_norm
 from spksep_modules.nnet.precision import widen, widen_under_autocast
 
@@ -75,6 +81,10 @@ class ConditionedLayer(nn.Module):
     conditional batch/layer norm; it keeps the 40-layer residual stack's activations at
     a steady scale. ``x [B, Ch, T]``, ``scale, shift [B, Ch]`` -> ``[B, Ch, T]``.
 
+    The same step has two more modes, here beside it: :meth:`forward_streaming` (a causal
+    layer on a stream's next frames) and :meth:`forward_folded` (no autograd: norm and
+    FiLM as one in-place affine pass, ``models.fused``).
+
     Example
     -------
     >>> layer = ConditionedLayer(channels=8, kernel_size=3, dilation=4, causal=False)
@@ -84,10 +94,11 @@ class ConditionedLayer(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int, dilation: int, causal: bool):
         super().__init__()
-        span = dilation * (kernel_size - 1)
+        self.causal = bool(causal)
+        self.span = dilation * (kernel_size - 1)  # frames of left context when causal
         # 'same' length: all the padding on the left when causal, split otherwise. An even
         # split is left to the convolution itself, which saves a copy of the input.
-        self.pad = (span, 0) if causal else (span // 2, span - span // 2)
+        self.pad = (self.span, 0) if causal else (self.span // 2, self.span - self.span // 2)
         inner = 0
         if self.pad[0] == self.pad[1]:
             inner, self.pad = self.pad[0], None
@@ -99,6 +110,57 @@ class ConditionedLayer(nn.Module):
     def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         y = self.conv(x if self.pad is None else F.pad(x, self.pad))
         return x + self.act(self.film(self.norm(y), scale, shift))
+
+    def streaming_state(self) -> dict:
+        """The state of :meth:`forward_streaming`: the left context, and the dilated conv
+        as one matrix over its taps side by side (``[kernel * Ch, Ch]``, a copy)."""
+        if not self.causal:
+            raise SpkSepError("streaming: the conditioned stack is not causal")
+        out_ch, in_ch, kernel = self.conv.weight.shape
+        weight = self.conv.weight.permute(2, 1, 0).reshape(kernel * in_ch, out_ch)
+        return dict(history=FrameHistory(self.span), weight=weight.contiguous(),
+                    bias=self.conv.bias, slope=self.act.weight, eps=self.norm.eps,
+                    dilation=self.conv.dilation[0], kernel=kernel, width=(out_ch,))
+
+    def forward_streaming(self, h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                          state: dict) -> torch.Tensor:
+        """:meth:`forward` of a causal layer on a stream's next frames, time-major:
+        ``h [k, S, Ch]`` (S conditions), ``scale, shift [S, Ch]`` -> ``[k, S, Ch]``.
+
+        Example
+        -------
+        >>> layer = ConditionedLayer(channels=4, kernel_size=3, dilation=2, causal=True)
+        >>> x, scale, shift = torch.randn(2, 4, 12), torch.rand(2, 4), torch.randn(2, 4)
+        >>> state = layer.streaming_state()
+        >>> frames = x.permute(2, 0, 1)  # [12, 2, 4]
+        >>> y = torch.cat([layer.forward_streaming(frames[i:i + 5], scale, shift, state)
+        ...                for i in (0, 5, 10)])
+        >>> torch.allclose(y.permute(1, 2, 0), layer(x, scale, shift), atol=1e-5)
+        True
+        """
+        k, dilation, kernel = h.shape[0], state["dilation"], state["kernel"]
+        taps = h
+        if self.span:  # the kernel's taps side by side: tap p at channels p * Ch ..
+            past = state["history"].append(h)
+            taps = torch.cat([past[p * dilation: p * dilation + k] for p in range(kernel)], -1)
+        y = frames_affine(taps.reshape(-1, taps.shape[-1]), state["weight"], state["bias"])
+        y = F.layer_norm(y, state["width"], eps=state["eps"]).view(h.shape)  # conv, norm
+        y = torch.addcmul(shift, y, scale)  # FiLM
+        slope = state["slope"]
+        if slope.numel() == 1:
+            return h + F.prelu(y, slope)
+        return h + torch.where(y >= 0, y, y * slope)  # one slope per channel, the last axis
+
+    def forward_folded(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor):
+        """:meth:`forward` without autograd, for a non-causal layer: the gLN (per example)
+        and FiLM are one per-channel affine map, applied in place, and the residual is
+        added to ``x`` in place (pass a tensor the caller may overwrite)."""
+        y = self.conv(x if self.pad is None else F.pad(x, self.pad))
+        mean, var = norm_statistics(y)  # [B]
+        gain = scale * torch.rsqrt(var + self.norm.eps)[:, None]  # [B, Ch]
+        offset = shift - gain * mean[:, None]
+        torch.addcmul(offset[..., None].to(y.dtype), y, gain[..., None].to(y.dtype), out=y)
+        return x.add_(prelu_(y, self.act.weight))
 
 
 class WavesplitStack(nn.Module):
@@ -160,6 +222,7 @@ class WavesplitStack(nn.Module):
             )
         self.num_layers = num_layers
         self.channels = channels
+        self.causal = bool(causal)
         self.dilations = [2 ** (i % layers_per_group) for i in range(num_layers)]
         self.inp = nn.Conv1d(in_channels, channels, 1)
         self.layers = nn.ModuleList(
@@ -188,6 +251,44 @@ class WavesplitStack(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, scale[:, i], shift[:, i])
         return self.out(h)
+
+    def streaming_state(self, mix_channels: int) -> dict:
+        """The state of :meth:`forward_streaming` (a causal stack only): each layer's, and
+        the 1x1 convs laid out for time-major frames (the input conv split into its
+        ``mix_channels`` mixture rows and the cue's)."""
+        inp_t, inp_bias = frames_matrix(self.inp)
+        return dict(layers=[(layer, layer.streaming_state()) for layer in self.layers],
+                    inp_mix=inp_t[:mix_channels].contiguous(),
+                    inp_cue=inp_t[mix_channels:].contiguous(), inp_bias=inp_bias,
+                    out=frames_matrix(self.out))
+
+    def forward_streaming(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                          state: dict, cue: torch.Tensor = None) -> torch.Tensor:
+        """:meth:`forward` of a causal stack on a stream's next frames, time-major:
+        ``x [k, Cx]`` shared by the S conditions ``scale, shift [S, num_layers, channels]``,
+        ``cue [k, S, in_channels - Cx]`` (or None) -> ``[k, S, out_channels]``.
+
+        Example
+        -------
+        >>> stack = WavesplitStack(in_channels=6, channels=4, num_layers=2, layers_per_group=2,
+        ...                        causal=True)
+        >>> x, cue = torch.randn(1, 4, 20), torch.randn(3, 2, 20)
+        >>> scale, shift = torch.rand(3, 2, 4), torch.randn(3, 2, 4)
+        >>> state = stack.streaming_state(mix_channels=4)
+        >>> y = torch.cat([stack.forward_streaming(x[0, :, i:i + 10].T, scale, shift, state,
+        ...                                        cue[..., i:i + 10].permute(2, 0, 1))
+        ...                for i in (0, 10)])  # [20, 3, 6]
+        >>> torch.allclose(y.permute(1, 2, 0), stack(x, scale, shift, cue), atol=1e-5)
+        True
+        """
+        h = frames_affine(x, state["inp_mix"], state["inp_bias"])[:, None]  # [k, 1, Ch]
+        if cue is None:
+            h = h.expand(-1, scale.shape[0], -1)
+        else:
+            h = frames_affine(cue, state["inp_cue"]) + h  # [k, S, Ch]
+        for (layer, layer_state), sc, sh in zip(state["layers"], scale.unbind(1), shift.unbind(1)):
+            h = layer.forward_streaming(h, sc, sh, layer_state)
+        return frames_affine(h, *state["out"])
 
 
 class ConditionedSeparator(Separator):
@@ -416,21 +517,71 @@ class ConditionedSeparator(Separator):
         ``estimates [B, T, C]`` (read only with ``estimate_cue``) -> new estimates
         ``[B, T, C]``, output i conditioned on embedding i (and estimate i).
         """
+        return self.stack_pass(enc, *self.film(emb), estimates)
+
+    def film(self, emb: torch.Tensor):
+        """``emb [B, C, D]`` -> FiLM ``(scale, shift)``, ``[B*C, num_layers, channels]`` each:
+        speaker i's own embedding (and the others' mean) for pass i."""
         B, C, _ = emb.shape
-        length = estimates.shape[1]
-        cond = self.conditions(emb).reshape(B * C, -1)
-        scale, shift = self.film_generator(cond)  # [B*C, L, Ch] each
+        return self.film_generator(self.conditions(emb).reshape(B * C, -1))
+
+    def stack_pass(self, enc: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                   estimates: torch.Tensor) -> torch.Tensor:
+        """:meth:`separate_conditioned` from the FiLM parameters: ``scale, shift
+        [B*C, num_layers, channels]`` (or ``[B*C, num_layers, channels, F]``, one per frame,
+        for embeddings that change over time) -> new estimates ``[B, T, C]``."""
+        B, length, C = estimates.shape
         x = self.enc_norm(enc)  # [B, N, F], shared by the C passes
         cue = None
         if self.estimate_cue:
             cue = self.enc_norm(self.encode(estimates.transpose(1, 2).reshape(B * C, length)))
-        mask = self.stack(x, scale, shift, cue)  # [B*C, N, F]
-        if not self.residual:
-            mask = torch.relu(mask) if self.mask_activation == "relu" else torch.sigmoid(mask)
+        mask = self.mask(self.stack(x, scale, shift, cue))  # [B*C, N, F]
         masked = mask.view(B, C, *enc.shape[1:]) * enc.unsqueeze(1)  # [B, C, N, F]
         wav = self.decode(masked.flatten(0, 1), length)  # [B*C, length]
-        wav = wav.reshape(B, C, length).transpose(1, 2)
-        return estimates + wav if self.residual else wav
+        return self.combine(estimates, wav.reshape(B, C, length).transpose(1, 2))
+
+    def mask(self, score: torch.Tensor) -> torch.Tensor:
+        """The stack's output -> what multiplies the encoding: a real-valued correction
+        mask with ``residual``, else the ``mask_activation`` of it."""
+        if self.residual:
+            return score
+        return torch.relu(score) if self.mask_activation == "relu" else torch.sigmoid(score)
+
+    def combine(self, estimates: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+        """The pass's output from its decoded waveforms (any layout, the same as
+        ``estimates``): a correction of the estimates with ``residual``, else the output."""
+        return estimates + decoded if self.residual else decoded
+
+    # -------------------------------------------------------------- streaming
+    def streaming_state(self) -> dict:
+        """The state of one pass of :meth:`forward_streaming` (a causal model only): the
+        stack's layers' left context and the decoder's overlap-add tail."""
+        if not self.stack.causal:
+            raise SpkSepError("streaming: the conditioned model is not causal "
+                              "(train it with causal: True on a causal basic model)")
+        return dict(stack=self.stack.streaming_state(self.encoder.out_channels),
+                    filterbank=StreamingFilterbank(self.encoder, self.decoder))
+
+    def forward_streaming(self, mix: torch.Tensor, cue: torch.Tensor, estimates: torch.Tensor,
+                          scale: torch.Tensor, shift: torch.Tensor, state: dict) -> torch.Tensor:
+        """One pass of :meth:`stack_pass` on a stream's next k frames, time-major:
+        ``mix [(k - 1) * stride + L]`` (the frames' samples), ``cue [(k - 1) * stride + L,
+        C]`` (the estimates over the same samples; read with ``estimate_cue``),
+        ``estimates [k * stride, C]`` (what ``residual`` corrects), ``scale, shift [C,
+        num_layers, channels]`` (the current embeddings') -> the ``k * stride`` output
+        samples made final ``[k * stride, C]``; the overlap-add tail waits in ``state``.
+        The buffering and the embeddings' refresh are ``deploy.streaming_conditioned``'s.
+        """
+        bank = state["filterbank"]
+        enc = bank.encode(mix)  # [k, N]
+        x = F.layer_norm(enc, enc.shape[-1:], eps=self.enc_norm.eps)  # per-frame norm
+        cue_frames = None
+        if self.estimate_cue:
+            cue_enc = bank.encode(cue)  # [k, C, N]
+            cue_frames = F.layer_norm(cue_enc, cue_enc.shape[-1:], eps=self.enc_norm.eps)
+        mask = self.mask(self.stack.forward_streaming(x, scale, shift, state["stack"],
+                                                      cue_frames))  # [k, C, N]
+        return self.combine(estimates, bank.decode(mask * enc[:, None]).T)
 
     # ---------------------------------------------------------------- forward
     def forward(self, mix: torch.Tensor) -> SeparatorOutput:

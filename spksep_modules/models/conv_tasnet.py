@@ -14,18 +14,21 @@ the convolution after it (``nnet.folding``). Both compute the same function.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from spksep_modules import SpkSepError
 from spksep_modules.models.base import Separator, SeparatorOutput, as_batch
 from spksep_modules.nnet.cpu_kernels import use_bf16_products, use_cpu_kernels
-from spksep_modules.nnet.filterbank import encode_padded, overlap_add_decode
+from spksep_modules.nnet.filterbank import StreamingFilterbank, encode_padded, overlap_add_decode
 from spksep_modules.nnet.layers import (
     CausalDepthwiseConv1d,
     DepthwiseConv1d,
     PReLUFrameNorm,
     PReLUGLN,
+    frames_affine,
+    frames_matrix,
 )
 from spksep_modules.nnet.norms import FrameLayerNorm, GlobalLayerNorm
 from spksep_modules.nnet.precision import widen_under_autocast
@@ -74,6 +77,24 @@ class TCNBlock(nn.Module):
     def forward(self, x):
         y = self.act_norm2(self.dconv(self.act_norm1(self.in_conv(x))))
         return self.split_outputs(self.out_conv(y))
+
+    def streaming_state(self) -> dict:
+        """The state of :meth:`forward_streaming` (a causal block only)."""
+        return dict(inp=frames_matrix(self.in_conv), out=frames_matrix(self.out_conv),
+                    act_norm1=self.act_norm1.streaming_state(), dconv=self.dconv.streaming_state(),
+                    act_norm2=self.act_norm2.streaming_state(), dconv_layer=self.dconv)
+
+    def forward_streaming(self, x, state):
+        """:meth:`forward` of a causal block on the next frames, time-major ``[k, B]``
+        (the layers' streaming mode, ``nnet.layers``)."""
+        y = PReLUFrameNorm.forward_streaming(frames_affine(x, *state["inp"]), state["act_norm1"])
+        y = state["dconv_layer"].forward_streaming(y, state["dconv"])
+        y = PReLUFrameNorm.forward_streaming(y, state["act_norm2"])
+        out = frames_affine(y, *state["out"])  # [k, (B residual) + (B skip)]
+        if not (self.has_residual and self.has_skip):
+            return (out, None) if self.has_residual else (None, out)
+        B = out.shape[1] // 2
+        return out[:, :B], out[:, B:]
 
 
 class TCN(nn.Module):
@@ -132,6 +153,43 @@ class TCN(nn.Module):
                 x = x + res
         feats = skip_sum if self.skip else x
         return self.mask(self.mask_conv(self.out_act(feats)))
+
+    def streaming_state(self) -> dict:
+        """The state of :meth:`forward_streaming`: each block's, and the 1x1 convs'
+        weights laid out for time-major frames. Causal TCNs only."""
+        if not self.causal:
+            raise SpkSepError("streaming: the model is not causal (train it with causal: True)")
+        norm = self.in_norm
+        return dict(blocks=[(block, block.streaming_state()) for block in self.blocks],
+                    in_norm=(norm.shape, norm.gamma, norm.beta, norm.eps),
+                    bottleneck=frames_matrix(self.bottleneck), out_act=self.out_act.weight,
+                    mask=frames_matrix(self.mask_conv))
+
+    def forward_streaming(self, enc, state):
+        """:meth:`forward` on the next encoder frames of a stream, time-major: ``enc [k, N]``
+        -> masks ``[k, C, N]``, with ``state`` from :meth:`streaming_state` carrying each
+        block's left context from one call to the next.
+
+        Example
+        -------
+        >>> tcn = TCN(N=16, B=8, H=16, P=3, X=2, R=1, num_spks=2, causal=True)
+        >>> enc, state = torch.rand(1, 16, 30), tcn.streaming_state()
+        >>> masks = torch.cat([tcn.forward_streaming(enc[0, :, i:i + 10].T, state)
+        ...                    for i in (0, 10, 20)])  # [30, C, N]
+        >>> torch.allclose(masks.permute(1, 2, 0), tcn(enc)[0], atol=1e-5)
+        True
+        """
+        x = frames_affine(F.layer_norm(enc, *state["in_norm"]), *state["bottleneck"])
+        skip_sum = None
+        for block, block_state in state["blocks"]:
+            res, skp = block.forward_streaming(x, block_state)
+            if skp is not None:
+                skip_sum = skp.clone() if skip_sum is None else skip_sum.add_(skp)
+            if res is not None:
+                x = x + res
+        feats = skip_sum if self.skip else x
+        score = frames_affine(F.prelu(feats, state["out_act"]), *state["mask"])  # [k, C*N]
+        return self.mask(score.T[None])[0].permute(2, 0, 1)  # the same mask activation
 
     def mask(self, score):
         """Mask activation of ``score [batch, C * N, frames]`` -> ``[batch, C, N, frames]``."""
@@ -225,3 +283,30 @@ class ConvTasNet(Separator):
         enc = self.encode(mix)
         src_w = self.separator(enc) * enc.unsqueeze(1)
         return SeparatorOutput.of(self.decode(src_w, mix.shape[-1]))
+
+    def streaming_state(self) -> dict:
+        """The state of :meth:`forward_streaming` (a causal model only): the TCN's and the
+        filterbank's."""
+        return dict(tcn=self.separator.streaming_state(),
+                    filterbank=StreamingFilterbank(self.encoder, self.decoder))
+
+    def forward_streaming(self, samples, state):
+        """:meth:`forward` on a stream: ``samples [n]``, the input of the next k whole
+        frames (``n = (k - 1) * stride + L``, starting at frame boundary) -> the k * stride
+        output samples they make final, ``[C, k * stride]``; the rest of the last frames'
+        overlap-add waits in ``state`` (``state["filterbank"].flush()`` gives it at the
+        end). The buffering of chunks into frames is ``deploy.streaming``'s.
+
+        Example
+        -------
+        >>> model = ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1, causal=True).eval()
+        >>> mix, state = torch.randn(804), model.streaming_state()  # 200 frames of hop 4
+        >>> with torch.no_grad():
+        ...     out = [model.forward_streaming(mix[i: i + 404], state) for i in (0, 400)]
+        ...     out = torch.cat(out + [state["filterbank"].flush()], dim=1)
+        ...     torch.allclose(out.T, model(mix)[0], atol=1e-5)
+        True
+        """
+        bank = state["filterbank"]
+        enc = bank.encode(samples)  # [k, N]
+        return bank.decode(self.separator.forward_streaming(enc, state["tcn"]) * enc[:, None])

@@ -16,6 +16,8 @@ class FiLM(nn.Module):
     ``x [B, Ch, T]``, ``scale [B, Ch]``, ``shift [B, Ch]`` ->
     ``x * scale[..., None] + shift[..., None]``, shape ``[B, Ch, T]``; the same affine
     map is applied at every time step, which is what makes it a *global* condition.
+    (``scale, shift [B, Ch, T]``, one per step, serve a stream whose embeddings change
+    over time: see ``deploy.streaming_conditioned``.)
 
     Example
     -------
@@ -26,8 +28,10 @@ class FiLM(nn.Module):
     """
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        if scale.dim() < x.dim():  # one scale per channel: the same at every step
+            scale, shift = scale.unsqueeze(-1), shift.unsqueeze(-1)
         # One fused multiply-add over the full-size tensor.
-        return torch.addcmul(shift.unsqueeze(-1), x, scale.unsqueeze(-1))
+        return torch.addcmul(shift, x, scale)
 
 
 class FiLMGenerator(nn.Module):

@@ -14,18 +14,11 @@ whenever autograd is on or the tensors are not on the CPU, so it is always safe 
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from spksep_modules.models.conditioned import ConditionedLayer
 from spksep_modules.models.conv_tasnet import TCN
-from spksep_modules.nnet.folding import (
-    depthwise_folded,
-    gln_as_affine,
-    norm_statistics,
-    pointwise_folded,
-    prelu_,
-)
+from spksep_modules.nnet.folding import depthwise_folded, gln_as_affine, pointwise_folded, prelu_
 from spksep_modules.nnet.precision import widen_under_autocast
 
 
@@ -80,8 +73,8 @@ class FusedTCN(nn.Module):
 
 
 class FusedConditionedLayer(nn.Module):
-    """The folded form of a :class:`ConditionedLayer` with gLN: the norm (per example) and
-    FiLM together are one per-channel affine map, applied in one in-place pass.
+    """The folded form of a :class:`ConditionedLayer` with gLN
+    (:meth:`ConditionedLayer.forward_folded`), where it applies.
 
     Example
     -------
@@ -98,15 +91,9 @@ class FusedConditionedLayer(nn.Module):
         self.layer = layer
 
     def forward(self, x, scale, shift):
-        layer = self.layer
-        if not (_folding_applies(x) and isinstance(layer.norm, nn.GroupNorm)):
-            return layer(x, scale, shift)
-        y = layer.conv(x if layer.pad is None else F.pad(x, layer.pad))
-        mean, var = norm_statistics(y)  # [B]
-        gain = scale * torch.rsqrt(var + layer.norm.eps)[:, None]  # [B, Ch]
-        offset = shift - gain * mean[:, None]
-        torch.addcmul(offset[..., None].to(y.dtype), y, gain[..., None].to(y.dtype), out=y)
-        return x.add_(prelu_(y, layer.act.weight))
+        if not (_folding_applies(x) and not self.layer.causal and scale.dim() == 2):
+            return self.layer(x, scale, shift)
+        return self.layer.forward_folded(x, scale, shift)
 
 
 _FOLDED = {TCN: FusedTCN, ConditionedLayer: FusedConditionedLayer}

@@ -75,3 +75,92 @@ def overlap_add_decode(src_w, weight, stride):
     for q in range(Q):
         out[..., q : q + K] += frames[:, q * stride : (q + 1) * stride]
     return out.transpose(1, 2).reshape(batch, -1)[:, : (K - 1) * stride + L]
+
+
+class StreamingFilterbank:
+    """The filterbank of a stream: an encoder and a decoder run on a few frames at a time.
+
+    ``encode(samples [n]) -> [k, N]``: the ReLU encoder on the k whole frames of ``samples``
+    (``n = (k - 1) * stride + L``), time-major, as one matrix product on the unfolded frames.
+    ``decode(pieces [k, C, N]) -> [C, k * stride]``: each frame decoded to its L samples and
+    overlap-added, with the ``L - stride`` samples still waiting for the next frames kept as
+    ``tail`` (added to the next call's output; ``flush`` gives them back). On a chunk's few
+    frames conv1d's set-up would cost more than all its arithmetic. The weights are copied
+    once, laid out for the matrix products.
+
+    Example
+    -------
+    >>> encoder = torch.nn.Conv1d(1, 8, 4, stride=2, bias=False)
+    >>> decoder = torch.nn.ConvTranspose1d(8, 1, 4, stride=2, bias=False)
+    >>> bank, mix = StreamingFilterbank(encoder, decoder), torch.randn(1000)
+    >>> enc = torch.cat([bank.encode(mix[i: i + 100 + 2]) for i in range(0, 900, 100)])
+    >>> want = encode_padded(encoder, mix[None, :902])[0].T  # [450 frames, N]
+    >>> torch.allclose(enc, want, atol=1e-6)
+    True
+    >>> wav = torch.cat([bank.decode(e[:, None]) for e in enc.split(7)] + [bank.flush()], 1)
+    >>> torch.allclose(wav[0], decoder(want.T[None])[0, 0], atol=1e-5)
+    True
+    """
+
+    def __init__(self, encoder, decoder):
+        self.L, self.stride = encoder.kernel_size[0], encoder.stride[0]
+        self.encoder_w = encoder.weight[:, 0, :].T.contiguous()  # [L, N]
+        self.encoder_b = encoder.bias
+        self.decoder_w = decoder.weight[:, 0, :].contiguous()  # [N, L]
+        self.decoder_b = decoder.bias
+        self.tail = None
+
+    def encode(self, samples: torch.Tensor) -> torch.Tensor:
+        """``samples [n]`` (or ``[n, C]``: C signals) -> ``[k, N]`` (``[k, C, N]``)."""
+        frames = samples.unfold(0, self.L, self.stride)  # [k, L] or [k, C, L]
+        flat = frames.reshape(-1, self.L)
+        if self.encoder_b is None:
+            enc = torch.mm(flat, self.encoder_w)
+        else:
+            enc = torch.addmm(self.encoder_b, flat, self.encoder_w)
+        return torch.relu(enc).view(*frames.shape[:-1], -1)
+
+    def decode(self, pieces: torch.Tensor) -> torch.Tensor:
+        """``pieces [k, C, N]`` -> the ``[C, k * stride]`` samples they make final."""
+        k, num_spks, N = pieces.shape
+        frames = torch.mm(pieces.reshape(k * num_spks, N), self.decoder_w)
+        wav = overlap_add_frames(frames.view(k, num_spks, self.L), self.stride)
+        if self.tail is not None:
+            wav[:, : self.tail.shape[1]] += self.tail
+        self.tail = wav[:, k * self.stride:]
+        return self._biased(wav[:, : k * self.stride])
+
+    def reset(self):
+        """Start a new signal (drop the tail)."""
+        self.tail = None
+
+    def flush(self) -> torch.Tensor:
+        """The samples still in the tail (``[C, L - stride]``, nothing before any frame);
+        the next frame starts a new signal."""
+        tail, self.tail = self.tail, None
+        return self._biased(tail) if tail is not None else self.decoder_w.new_zeros(0, 0)
+
+    def _biased(self, wav):
+        return wav if self.decoder_b is None else wav + self.decoder_b
+
+
+def overlap_add_frames(frames: torch.Tensor, stride: int) -> torch.Tensor:
+    """Decoded frames, time-major ``[k, C, L]`` -> their overlap-add ``[C, (k-1)*stride + L]``,
+    frame j at sample ``j * stride`` (what :func:`overlap_add_decode` does after its
+    matrix product).
+
+    Example
+    -------
+    >>> frames = torch.ones(3, 1, 4)
+    >>> overlap_add_frames(frames, 2).tolist()
+    [[1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.0]]
+    """
+    k, num_spks, length = frames.shape
+    parts = -(-length // stride)
+    if parts * stride != length:
+        frames = F.pad(frames, (0, parts * stride - length))
+    pieces = frames.view(k, num_spks, parts, stride).transpose(0, 1)  # [C, k, Q, S]
+    out = frames.new_zeros(num_spks, k + parts - 1, stride)
+    for q in range(parts):  # piece q of frame j lands on output hop j + q
+        out[:, q: q + k] += pieces[:, :, q]
+    return out.view(num_spks, -1)[:, : (k - 1) * stride + length]

@@ -8,7 +8,8 @@ from spksep_modules.audio import read_wav, write_wav
 from spksep_modules.deploy.separate import separate_files
 from spksep_modules.models import ConvTasNet, fuse_for_inference
 from spksep_modules.nnet.cpu_kernels import use_cpu_kernels
-from spksep_modules.deploy.streaming import FrameHistory, StreamingSeparator
+from spksep_modules.deploy.streaming import StreamingSeparator
+from spksep_modules.nnet.layers import FrameHistory
 
 from deploy_helpers import RATE, tiny_conditioned, tiny_convtasnet, write_run
 
@@ -71,7 +72,7 @@ def test_streaming_equals_the_offline_causal_model(chunk, L):
 def test_frame_history_equals_concatenating_the_whole_past(context):
     # ragged appends, small and larger than the room, so the buffer wraps (its context
     # overlapping the front or not) and grows
-    history, past = FrameHistory(context, channels=3), torch.zeros(context, 3)
+    history, past = FrameHistory(context), torch.zeros(context, 3)
     generator = torch.Generator().manual_seed(context)
     for size in [10] * 40 + [1, 3, 700, 2, 10, 1000] + [10] * 60:
         frames = torch.randn(size, 3, generator=generator)
