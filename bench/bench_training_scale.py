@@ -46,7 +46,7 @@ if REPO not in sys.path:
 from spksep_modules.deploy.separate import native_bf16_cpu  # noqa: E402
 from spksep_modules.losses import SeparationLoss  # noqa: E402
 from spksep_modules.models.conv_tasnet import ConvTasNet  # noqa: E402
-from spksep_modules.nnet.cpu_kernels import use_bf16_products, use_cpu_kernels  # noqa: E402
+from spksep_modules.nnet.forms import as_form  # noqa: E402
 
 VARIANTS = ("fp32", "fp32-plain", "bf16", "bf16-products", "fp16", "compiled", "compiled-plain")
 DEFAULT_VARIANTS = ("fp32", "fp32-plain", "bf16", "bf16-products", "compiled", "compiled-plain")
@@ -73,8 +73,8 @@ def make_step(variant, model, mix, sources, max_grad_norm=5.0):
     True
     """
     model = copy.deepcopy(model).train()
-    use_cpu_kernels(model, variant in ("fp32", "bf16-products", "compiled"))
-    use_bf16_products(model, variant == "bf16-products")
+    as_form(model, *(["cpu_kernels"] if variant in ("fp32", "bf16-products", "compiled") else []),
+            *(["bf16_products"] if variant == "bf16-products" else []))
     forward = torch.compile(model) if variant.startswith("compiled") else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = SeparationLoss()

@@ -2,11 +2,12 @@
 
 The exported graph maps ``mix [batch, time]`` (float32, at the model's sample rate) to the
 estimates ``[batch, time, num_spks]``; both axes are dynamic. It is the plain PyTorch
-forward (the hand-written CPU kernels, autograd functions, are switched off on a copy),
-traced on an example input, so the inference-only fast paths are not in it. A conditioned
-separator exports whole, its speaker network inside: on the copy, the modules whose
-forward a trace would freeze to the example's length (GE2E's partials, RawNet2's windows,
-complex STFTs, ECAPA's masks) are swapped to the variants of ``nnet.exportable``.
+forward of a copy in the layers' ``export`` form (``nnet.forms``: the hand-written CPU
+kernels, autograd functions, switched off), traced on an example input, so the
+inference-only fast paths are not in it. A conditioned separator exports whole, its
+speaker network inside: GE2E, RawNet2, ECAPA and the norms trace as they are (their
+lengths and partials are tensor arithmetic), and the two SpeechBrain modules a trace would
+freeze (the complex STFT, the pooling's mask) take the adapters of ``nnet.exportable``.
 
 Separating a file with the ONNX model needs only ``onnxruntime`` and ``soundfile``::
 
@@ -28,6 +29,7 @@ from torch import nn
 from spksep_modules import SpkSepError
 from spksep_modules.checkpoints import prepare_output_folder
 from spksep_modules.loading import load_separator
+from spksep_modules.nnet.forms import as_form
 
 FORMATS = ("onnx", "torchscript")
 PAD_SLACK = 512  # samples; more than any filterbank's stride
@@ -59,8 +61,9 @@ class PlainEstimates(nn.Module):
 
 
 def exportable(separator: nn.Module) -> nn.Module:
-    """A copy of ``separator`` in eval mode, CPU kernels off, speaker networks swapped to
-    their export variants (``nnet.exportable``), wrapped in :class:`PlainEstimates`.
+    """A copy of ``separator`` in its ``export`` form (``nnet.forms``: the plain fp32 layers,
+    SpeechBrain modules' adapters, no extra state), in eval mode, without gradients or the
+    example cache, wrapped in :class:`PlainEstimates`.
 
     Example
     -------
@@ -69,19 +72,10 @@ def exportable(separator: nn.Module) -> nn.Module:
     >>> type(exportable(model).separator.separator.blocks[0].dconv).__name__
     'DepthwiseConv1d'
     """
-    from spksep_modules.nnet.cpu_kernels import use_bf16_products, use_cpu_kernels
-    from spksep_modules.nnet.exportable import make_exportable
-
-    # The plain fp32 layers: exporters trace tensor ops, not autograd functions.
-    model = use_bf16_products(use_cpu_kernels(copy.deepcopy(separator).cpu(), False), False)
-    model = make_exportable(model).eval()  # after the swap: the variants' own train()
-    for module in model.modules():  # the exporters want tensors only in the state dict
-        cls = type(module)
-        if getattr(cls, "get_extra_state", nn.Module.get_extra_state) is not \
-                nn.Module.get_extra_state:
-            module.__class__ = type(cls.__name__, (cls,),
-                                    {"get_extra_state": nn.Module.get_extra_state,
-                                     "__module__": cls.__module__})
+    model = as_form(copy.deepcopy(separator).cpu(), "export").eval()
+    for module in model.modules():  # a Python dict keyed by the input: nothing to trace
+        if getattr(module, "basic_cache", None) is not None:
+            module.basic_cache = None
     for p in model.parameters():
         p.requires_grad_(False)
     return PlainEstimates(model).eval()

@@ -7,10 +7,11 @@ waveform. Sizes use the paper's names (N, L, B, H, P, X, R); skip channels equal
 Asteroid. Layouts follow SpeechBrain: ``[batch, time]`` in, ``[batch, time, num_spks]`` out.
 
 This file is the model only. Its layers are in ``spksep_modules.nnet``; how they run fast
-is a separate layer: ``cpu_kernels=True`` (the default) switches the TCN's PReLU+gLN and
-depthwise conv to hand-written CPU kernels (``nnet.cpu_kernels``), and
-``models.fuse_for_inference(model)`` gives the no-autograd form that folds every gLN into
-the convolution after it (``nnet.folding``). Both compute the same function.
+is a separate layer, the layers' *forms* (``nnet.forms.as_form``): ``cpu_kernels=True``
+(the default) switches the TCN's PReLU+gLN and depthwise conv to hand-written CPU kernels
+(``nnet.cpu_kernels``), and ``as_form(model, "inference")`` gives the no-autograd form that
+folds every gLN into the convolution after it (``models.fused``). Both compute the same
+function. Streaming is a mode of the layers themselves (``forward_streaming``).
 """
 
 import torch
@@ -20,7 +21,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from spksep_modules import SpkSepError
 from spksep_modules.models.base import Separator, SeparatorOutput, as_batch
-from spksep_modules.nnet.cpu_kernels import use_bf16_products, use_cpu_kernels
+from spksep_modules.nnet.forms import as_form
 from spksep_modules.nnet.filterbank import StreamingFilterbank, encode_padded, overlap_add_decode
 from spksep_modules.nnet.layers import (
     CausalDepthwiseConv1d,
@@ -261,8 +262,8 @@ class ConvTasNet(Separator):
         self.separator = TCN(N, B, H, P, X, R, num_spks, mask_act, skip, bias, checkpoint,
                              self.causal)
         self.decoder = nn.ConvTranspose1d(N, 1, L, stride=self.stride, bias=False)
-        use_cpu_kernels(self, cpu_kernels)
-        use_bf16_products(self.separator, bf16_products)
+        as_form(self, *(["cpu_kernels"] if cpu_kernels else []),
+                *(["bf16_products"] if bf16_products else []))
 
     def encode(self, mix):
         """``[batch, time] -> [batch, N, frames]`` (input right-padded with zeros so the

@@ -1,4 +1,5 @@
-"""``fuse_for_inference(model)``: the no-autograd form of a separator, for evaluation.
+"""The form ``inference`` (``nnet.forms.as_form(model, "inference")``, also
+``fuse_for_inference(model)``): the no-autograd form of a separator, for evaluation.
 
 Without autograd nothing has to be kept for a backward pass, so each gLN can be folded
 into the convolution that reads it (``nnet.folding``) and activations updated in place:
@@ -19,6 +20,7 @@ from torch import nn
 from spksep_modules.models.conditioned import ConditionedLayer
 from spksep_modules.models.conv_tasnet import TCN
 from spksep_modules.nnet.folding import depthwise_folded, gln_as_affine, pointwise_folded, prelu_
+from spksep_modules.nnet.forms import view_form
 from spksep_modules.nnet.precision import widen_under_autocast
 
 
@@ -99,6 +101,7 @@ class FusedConditionedLayer(nn.Module):
 _FOLDED = {TCN: FusedTCN, ConditionedLayer: FusedConditionedLayer}
 
 
+@view_form("inference")
 def fuse_for_inference(model: nn.Module) -> nn.Module:
     """A view of ``model`` whose layers run their folded inference forms (see above).
 

@@ -11,13 +11,13 @@ PReLU+gLN stores only its input and recomputes the PReLU (one cheap pass); the d
 depthwise conv is P shifted in-place multiply-adds (~4x faster on CPU than oneDNN's
 depthwise kernel, forward and backward).
 
-``use_cpu_kernels(model)`` turns every :class:`PReLUGLN` and :class:`DepthwiseConv1d` of
-a model into its kernel-backed subclass: same parameters and state-dict keys, same
-function. The kernels serve CPU tensors outside autocast; anywhere else (CUDA, bf16
+The form ``cpu_kernels`` (``nnet.forms.as_form(model, "cpu_kernels")``) turns every
+:class:`PReLUGLN` and :class:`DepthwiseConv1d` of a model into its kernel-backed subclass:
+same parameters and state-dict keys, same function. The kernels serve CPU tensors outside autocast; anywhere else (CUDA, bf16
 autocast) the subclasses run the plain layers' PyTorch ops. The tests check that both
 agree, values and gradients.
 
-The one opt-in that changes numerics is separate: ``use_bf16_products(model)`` makes the
+The one opt-in that changes numerics is separate: the form ``bf16_products`` makes the
 1x1 convolutions multiply in bf16 in training steps (:class:`PointwiseConvBF16Function`,
 fp32 everywhere else), the part of a step that native bf16 (AMX) speeds up.
 """
@@ -25,6 +25,7 @@ fp32 everywhere else), the part of a step that native bf16 (AMX) speeds up.
 import torch
 import torch.nn.functional as F
 
+from spksep_modules.nnet.forms import form_of
 from spksep_modules.nnet.layers import DepthwiseConv1d, PReLUGLN
 
 
@@ -235,6 +236,13 @@ def bf16_products_apply(x) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
+def _pointwise(conv) -> bool:
+    """A 1x1 convolution (stride 1, no padding, no groups): the ones bf16 products serve."""
+    return conv.kernel_size == (1,) and conv.stride == (1,) and conv.groups == 1 and (
+        conv.padding == (0,))
+
+
+@form_of(torch.nn.Conv1d, "bf16_products", applies=_pointwise)
 class BF16PointwiseConv1d(torch.nn.Conv1d):
     """A 1x1 ``nn.Conv1d`` through :class:`PointwiseConvBF16Function` in training steps on
     CPU (``bf16_products_apply``); the plain conv anywhere else.
@@ -257,26 +265,6 @@ class BF16PointwiseConv1d(torch.nn.Conv1d):
         return PointwiseConvBF16Function.apply(x, self.weight, self.bias)
 
 
-def use_bf16_products(model: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
-    """Switch every 1x1 ``nn.Conv1d`` of ``model`` (stride 1, no padding, no groups) to
-    (or, ``enabled=False``, back from) :class:`BF16PointwiseConv1d`; in place, state-dict
-    keys unchanged. Returns ``model``.
-
-    Example
-    -------
-    >>> net = torch.nn.Sequential(torch.nn.Conv1d(8, 16, 1), torch.nn.Conv1d(16, 8, 3))
-    >>> [type(m).__name__ for m in use_bf16_products(net)]
-    ['BF16PointwiseConv1d', 'Conv1d']
-    """
-    for module in model.modules():
-        if enabled and type(module) is torch.nn.Conv1d and module.kernel_size == (1,) and (
-                module.stride == (1,) and module.groups == 1 and module.padding == (0,)):
-            module.__class__ = BF16PointwiseConv1d
-        elif not enabled and type(module) is BF16PointwiseConv1d:
-            module.__class__ = torch.nn.Conv1d
-    return model
-
-
 def kernels_apply(x) -> bool:
     """Whether the hand-written kernels serve ``x``: a CPU tensor outside autocast.
 
@@ -291,6 +279,7 @@ def kernels_apply(x) -> bool:
     return x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
 
 
+@form_of(PReLUGLN, "cpu_kernels")
 class FastPReLUGLN(PReLUGLN):
     """:class:`PReLUGLN` through :class:`PReLUGLNFunction` on CPU tensors.
 
@@ -309,6 +298,7 @@ class FastPReLUGLN(PReLUGLN):
         )
 
 
+@form_of(DepthwiseConv1d, "cpu_kernels")
 class FastDepthwiseConv1d(DepthwiseConv1d):
     """:class:`DepthwiseConv1d` through :class:`DepthwiseConvFunction` on CPU tensors.
 
@@ -323,25 +313,3 @@ class FastDepthwiseConv1d(DepthwiseConv1d):
         if not kernels_apply(x):
             return super().forward(x)
         return DepthwiseConvFunction.apply(x.contiguous(), self.weight, self.bias, self.dilation[0])
-
-
-_FAST = {PReLUGLN: FastPReLUGLN, DepthwiseConv1d: FastDepthwiseConv1d}
-
-
-def use_cpu_kernels(model: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
-    """Switch ``model``'s TCN layers to (or, ``enabled=False``, back from) their kernels.
-
-    In place; parameters, state-dict keys and the computed function are unchanged (only
-    the subclass, which adds no state, changes). Returns ``model``.
-
-    Example
-    -------
-    >>> block = torch.nn.Sequential(DepthwiseConv1d(8, 3, 1), PReLUGLN(8))
-    >>> [type(m).__name__ for m in use_cpu_kernels(block)]
-    ['FastDepthwiseConv1d', 'FastPReLUGLN']
-    """
-    for module in model.modules():
-        for plain, fast in _FAST.items():
-            if type(module) is (plain if enabled else fast):
-                module.__class__ = fast if enabled else plain
-    return model

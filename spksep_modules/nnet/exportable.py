@@ -11,35 +11,22 @@ ECAPA's front end and network:
 * ``AttentiveStatisticsPooling`` builds its all-ones mask with the batch size as a Python
   value, which a trace freezes: here no mask (a speaker network embeds whole signals).
 
-:func:`make_exportable` swaps these modules' classes in place: weights, buffers and
-state-dict keys stay as they are (the DFT kernels are non-persistent buffers).
+They are the layers' form ``export`` (``nnet.forms.as_form(model, "export")``, in place):
+weights, buffers and state-dict keys stay as they are (the DFT kernels are non-persistent
+buffers).
 """
 
 import torch
 import torch.nn.functional as F
 from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
 from speechbrain.processing.features import STFT
-from torch import nn
 
+from spksep_modules.nnet.forms import as_form, form_of  # noqa: F401  (as_form: examples)
 from spksep_modules.nnet.stft import conv_stft, dft_kernels
 
 
-class _Swapped:
-    """Mixin of the adapters: ``swap(module)`` turns an instance of the SpeechBrain class
-    into the adapter in place, then ``_prepare`` adds what it needs (buffers that stay out
-    of the state dict)."""
-
-    @classmethod
-    def swap(cls, module: nn.Module) -> nn.Module:
-        module.__class__ = cls
-        module._prepare()
-        return module
-
-    def _prepare(self) -> None:
-        pass
-
-
-class ExportableSTFT(_Swapped, STFT):
+@form_of(STFT, "export")
+class ExportableSTFT(STFT):
     """SpeechBrain's ``STFT`` (``[batch, time]`` -> ``[batch, frames, bins, 2]``), the
     front end of its ``Fbank``, as a convolution.
 
@@ -48,7 +35,7 @@ class ExportableSTFT(_Swapped, STFT):
     >>> plain = STFT(sample_rate=16000)
     >>> wav = torch.randn(2, 4000)
     >>> want = plain(wav)
-    >>> got = ExportableSTFT.swap(plain)(wav)
+    >>> got = as_form(plain, "export")(wav)
     >>> got.shape, bool((got - want).abs().max() < 1e-5 * want.abs().max())
     (torch.Size([2, 26, 201, 2]), True)
     """
@@ -67,7 +54,8 @@ class ExportableSTFT(_Swapped, STFT):
         return stft.transpose(2, 1)
 
 
-class ExportableAttentiveStatisticsPooling(_Swapped, AttentiveStatisticsPooling):
+@form_of(AttentiveStatisticsPooling, "export")
+class ExportableAttentiveStatisticsPooling(AttentiveStatisticsPooling):
     """ECAPA's attentive pooling over whole signals (``lengths=None``): no padding mask,
     hence no ``len()`` of the batch in the graph; SpeechBrain builds an all-ones mask.
 
@@ -76,7 +64,7 @@ class ExportableAttentiveStatisticsPooling(_Swapped, AttentiveStatisticsPooling)
     >>> plain = AttentiveStatisticsPooling(8, attention_channels=4).eval()
     >>> x = torch.randn(3, 8, 20)
     >>> want = plain(x)
-    >>> got = ExportableAttentiveStatisticsPooling.swap(plain)(x)
+    >>> got = as_form(plain, "export")(x)
     >>> got.shape, bool(torch.allclose(got, want, atol=1e-5))
     (torch.Size([3, 16, 1]), True)
     """
@@ -98,34 +86,3 @@ class ExportableAttentiveStatisticsPooling(_Swapped, AttentiveStatisticsPooling)
         attn = F.softmax(self.conv(self.tanh(self.tdnn(attn))), dim=2)
         mean, std = stats(attn)
         return torch.cat((mean, std), dim=1).unsqueeze(2)
-
-
-_ADAPTERS = {STFT: ExportableSTFT, AttentiveStatisticsPooling: ExportableAttentiveStatisticsPooling}
-
-
-def make_exportable(model: nn.Module) -> nn.Module:
-    """Swap, in place, every SpeechBrain module of ``model`` that has an adapter here
-    (exact class match) to it, and turn off a conditioned separator's example cache (a
-    Python dict keyed by the input). Returns ``model``.
-
-    Example
-    -------
-    >>> from speechbrain.lobes.features import Fbank
-    >>> net = nn.Sequential(Fbank(n_mels=24))
-    >>> wav, keys = torch.randn(2, 4000), list(net.state_dict())
-    >>> want = net(wav)
-    >>> [type(m).__name__ for m in make_exportable(net).modules()][2]
-    'ExportableSTFT'
-    >>> list(net.state_dict()) == keys, bool(torch.allclose(net(wav), want, atol=1e-3))
-    (True, True)
-    """
-    for module in list(model.modules()):
-        adapter = _ADAPTERS.get(type(module))
-        if adapter is not None:
-            adapter.swap(module)
-        if getattr(module, "basic_cache", None) is not None:
-            module.basic_cache = None
-    return model
-
-
-__all__ = ["make_exportable"]

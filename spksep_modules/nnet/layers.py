@@ -1,7 +1,7 @@
 """Small layers of the TCN separators, in plain PyTorch.
 
 Their hand-written CPU kernels (same parameters, same function) are in
-``spksep_modules.nnet.cpu_kernels``; a model opts in with ``use_cpu_kernels(model)``.
+``spksep_modules.nnet.cpu_kernels``; a model opts in with ``nnet.forms.as_form(model, "cpu_kernels")``.
 
 **Streaming mode.** A causal layer also runs on a stream: ``forward_streaming(frames,
 state)`` takes the next frames *time-major* (``[k, channels]``, or ``[k, ..., channels]``)

@@ -169,10 +169,10 @@ def test_onnx_global_layer_norm_stays_accurate_over_long_inputs(tmp_path):
     # over both axes at once (what group_norm exports to) was 3.5e-4 off.
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from spksep_modules.nnet.exportable import make_exportable
+    from spksep_modules.nnet.forms import as_form
     from spksep_modules.nnet.norms import GlobalLayerNorm
 
-    norm = make_exportable(GlobalLayerNorm(512)).eval()
+    norm = as_form(GlobalLayerNorm(512), "export").eval()
     path = str(tmp_path / "gln.onnx")
     torch.onnx.export(norm, (torch.randn(1, 512, 100),), path, input_names=["x"],
                       dynamic_axes={"x": {0: "batch", 2: "frames"}}, opset_version=17,

@@ -7,7 +7,7 @@ from spksep_modules import SpkSepError
 from spksep_modules.audio import read_wav, write_wav
 from spksep_modules.deploy.separate import separate_files
 from spksep_modules.models import ConvTasNet, fuse_for_inference
-from spksep_modules.nnet.cpu_kernels import use_cpu_kernels
+from spksep_modules.nnet.forms import as_form
 from spksep_modules.deploy.streaming import StreamingSeparator
 from spksep_modules.nnet.layers import FrameHistory
 
@@ -38,7 +38,7 @@ def test_causal_model_keeps_state_dict_keys_and_refuses_a_non_causal_checkpoint(
 
 def test_fast_paths_fall_back_to_the_plain_layers_for_a_causal_model():
     model = tiny_convtasnet(causal=True)
-    use_cpu_kernels(model, True)  # gLN kernels must not replace the per-frame norms
+    as_form(model, "cpu_kernels")  # gLN kernels must not replace the per-frame norms
     names = {type(m).__name__ for m in model.modules()}
     assert "FastPReLUGLN" not in names and "FastDepthwiseConv1d" not in names
     mix = torch.randn(2, 2001)

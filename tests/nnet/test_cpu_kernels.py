@@ -11,10 +11,9 @@ from spksep_modules.nnet.cpu_kernels import (
     FastPReLUGLN,
     PointwiseConvBF16Function,
     PReLUGLNFunction,
-    use_bf16_products,
-    use_cpu_kernels,
 )
 from spksep_modules.nnet.filterbank import overlap_add_decode
+from spksep_modules.nnet.forms import as_form, forms_of
 from spksep_modules.nnet.layers import DepthwiseConv1d, PReLUGLN
 from spksep_modules.nnet.norms import GlobalLayerNorm
 
@@ -79,13 +78,13 @@ def test_overlap_add_decoder_equals_transposed_conv(L, stride):
 
 
 
-def test_use_cpu_kernels_switches_classes_both_ways_and_keeps_the_state():
+def test_the_cpu_kernels_form_switches_classes_both_ways_and_keeps_the_state():
     model = torch.nn.Sequential(DepthwiseConv1d(6, 3, 2), PReLUGLN(6))
     keys = list(model.state_dict())
-    use_cpu_kernels(model)
+    as_form(model, "cpu_kernels")
     assert [type(m).__name__ for m in model] == ["FastDepthwiseConv1d", "FastPReLUGLN"]
-    assert list(model.state_dict()) == keys
-    use_cpu_kernels(model, enabled=False)
+    assert list(model.state_dict()) == keys and forms_of(model) == {"cpu_kernels"}
+    as_form(model)
     assert [type(m) for m in model] == [DepthwiseConv1d, PReLUGLN]
 
 
@@ -121,7 +120,7 @@ def test_bf16_products_only_in_training_steps_and_switch_both_ways():
     x = torch.randn(2, 6, 30)
     with torch.no_grad():
         plain = model(x)
-    use_bf16_products(model)
+    as_form(model, "bf16_products")
     # only the 1x1, stride-1 conv: the others have no single matrix product per example
     assert [type(m) for m in model] == [BF16PointwiseConv1d, torch.nn.Conv1d, torch.nn.Conv1d]
     assert list(model.state_dict()) == keys
@@ -131,5 +130,5 @@ def test_bf16_products_only_in_training_steps_and_switch_both_ways():
     assert not torch.equal(trained, plain) and relative_error(trained.detach(), plain) < 1e-2
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast decides for itself
         assert model(x).dtype == torch.bfloat16
-    use_bf16_products(model, enabled=False)
+    as_form(model)
     assert [type(m) for m in model] == [torch.nn.Conv1d] * 3

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from spksep_modules import SpkSepError
-from spksep_modules.nnet.exportable import make_exportable
+from spksep_modules.nnet.forms import as_form
 from spksep_modules.nnet.frozen import Frozen
 from spksep_modules.speakers import ge2e as ge2e_module
 from spksep_modules.speakers.ge2e import GE2E, GE2EFrontEnd, load_ge2e, partial_starts
@@ -272,7 +272,7 @@ def test_ecapa_traces_at_one_batch_and_length_and_runs_at_others():
     torch.manual_seed(0)
     ecapa = ECAPA_TDNN(24, channels=[16, 16, 16, 16, 48], attention_channels=8, lin_neurons=12)
     net = EcapaSpeakerNet(Fbank(n_mels=24), InputNormalization(norm_type="sentence"), ecapa)
-    traced = trace(Embed(make_exportable(copy.deepcopy(net)).eval()), modulated_noise(1, 8000))
+    traced = trace(Embed(as_form(copy.deepcopy(net), "export").eval()), modulated_noise(1, 8000))
     for batch, length in [(1, 8000), (2, 12000), (3, 5000)]:
         wav = modulated_noise(batch, length)
         with torch.no_grad():
