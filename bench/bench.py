@@ -38,7 +38,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = ["bench_convtasnet.py", "bench_perceptual.py", "bench_rtf.py", "bench_sepformer.py",
+PARTS = ["bench_forms.py", "bench_convtasnet.py", "bench_perceptual.py", "bench_rtf.py", "bench_sepformer.py",
          "bench_streaming.py", "bench_training_scale.py", "bench_dynamic_mixing.py",
          "bench_time_to_quality.py"]
 ISA_LIMITS = {"full": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}

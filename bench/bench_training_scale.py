@@ -43,7 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from spksep_modules.deploy.separate import native_bf16_cpu  # noqa: E402
+from spksep_modules.nnet.precision import native_bf16_cpu  # noqa: E402
 from spksep_modules.losses import SeparationLoss  # noqa: E402
 from spksep_modules.models.conv_tasnet import ConvTasNet  # noqa: E402
 from spksep_modules.nnet.forms import as_form  # noqa: E402

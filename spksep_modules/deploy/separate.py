@@ -20,30 +20,13 @@ import torch
 import torchaudio.functional as AF
 
 from spksep_modules import SpkSepError, one_line
+from spksep_modules.nnet.precision import native_bf16_cpu
 from spksep_modules.audio import read_any, write_wav
 from spksep_modules.loading import load_separator
 from spksep_modules.models import fuse_for_inference
 
 
 PRECISIONS = ("fp32", "bf16")
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 dot products natively (AVX512-BF16 or AMX).
-
-    Without them oneDNN emulates bf16 and it is slower than fp32, not faster.
-
-    Example
-    -------
-    >>> isinstance(native_bf16_cpu(), bool)  # True or False depending on this machine's CPU
-    True
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:  # not Linux: do not guess
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_precision(precision: str, device: str = "cpu") -> str:

@@ -1,5 +1,7 @@
 """Where reduced precision would lose what matters: sums kept in fp32."""
 
+import os
+
 import torch
 
 
@@ -28,3 +30,31 @@ def widen_under_autocast(x: torch.Tensor) -> torch.Tensor:
     torch.bfloat16
     """
     return widen(x) if torch.is_autocast_enabled(x.device.type) else x
+
+
+# oneDNN's ISA levels below AVX512_CORE_BF16: limited to one of them (ONEDNN_MAX_CPU_ISA),
+# oneDNN emulates bf16 products even on a CPU that has them.
+_NO_BF16_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                 "AVX512_CORE_VNNI"}
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 dot products natively (AVX512-BF16 or AMX) and oneDNN
+    may use them (``ONEDNN_MAX_CPU_ISA`` not limited below ``AVX512_CORE_BF16``).
+
+    Without them oneDNN emulates bf16 and it is slower than fp32, not faster (3.7x the
+    plain training step for ``bf16_products`` under AVX2 limits: ``bench/bench_forms.py``).
+
+    Example
+    -------
+    >>> isinstance(native_bf16_cpu(), bool)  # True or False depending on this machine's CPU
+    True
+    """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_BF16_ISAS:
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: do not guess
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

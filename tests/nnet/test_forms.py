@@ -77,3 +77,28 @@ def test_the_export_form_leaves_only_tensors_in_the_state_dict_and_undoes():
     assert forms_of(model) == {"export"}
     as_form(model)
     assert [k for k in model.state_dict() if k.endswith("_extra_state")] == with_extra
+
+
+def test_bf16_products_auto_only_where_bf16_is_native(monkeypatch):
+    import spksep_modules.models.conv_tasnet as conv_tasnet
+    from spksep_modules import SpkSepError
+
+    for native in (True, False):
+        monkeypatch.setattr(conv_tasnet, "native_bf16_cpu", lambda: native)
+        model = tiny(bf16_products="auto")
+        assert ("bf16_products" in forms_of(model)) == native
+    with pytest.raises(SpkSepError, match="bf16_products: expected True, False or auto"):
+        tiny(bf16_products="yes")
+
+
+def test_native_bf16_honours_the_onednn_isa_limit(monkeypatch):
+    from spksep_modules.nnet.precision import native_bf16_cpu
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN would emulate bf16
+    assert native_bf16_cpu() is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core")
+    assert native_bf16_cpu() is False
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split()
+    assert native_bf16_cpu() == ("avx512_bf16" in flags or "amx_bf16" in flags)

@@ -1,0 +1,100 @@
+"""Does each layer form pay on this CPU? Every form of ``nnet.forms`` against the plain layers.
+
+For the small Conv-TasNet of the time-to-quality runs (N128 L16 B64 H128 P3 X6 R2) and the
+paper's sizes, one thread:
+
+* training step (forward, SI-SNR-like loss, backward) of the plain layers, the
+  ``cpu_kernels`` form, and ``cpu_kernels`` + ``bf16_products``;
+* separation (no autograd, one 4 s mixture) of the plain layers, ``cpu_kernels`` and the
+  ``inference`` form (gLN folded).
+
+Each variant's steps are interleaved with the others' (so load from other processes hits
+them alike) and timed on this thread's CPU clock; the table gives the median and the ratio
+to the plain layers (below 1: the form pays). ``bench/bench.py --parts bench_forms.py``
+runs it under the machine's full instruction set and under AVX2 limits, with the CPU's
+model and flags printed above each table.
+
+    python bench/bench_forms.py --steps 5
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from spksep_modules.models import ConvTasNet  # noqa: E402
+from spksep_modules.nnet.forms import as_form  # noqa: E402
+
+SIZES = {
+    "small": dict(N=128, L=16, B=64, H=128, P=3, X=6, R=2),
+    "paper": dict(N=512, L=16, B=128, H=512, P=3, X=8, R=3),
+}
+TRAIN = {"plain": (), "cpu_kernels": ("cpu_kernels",),
+         "cpu_kernels+bf16_products": ("cpu_kernels", "bf16_products")}
+INFER = {"plain": (), "cpu_kernels": ("cpu_kernels",), "inference": ("inference",),
+         "cpu_kernels+inference": ("cpu_kernels", "inference")}
+
+
+def timed(fn, reps):
+    start = time.thread_time()
+    for _ in range(reps):
+        fn()
+    return (time.thread_time() - start) / reps
+
+
+def train_step(model, mix, sources):
+    est = model(mix)
+    loss = -(est * sources).sum() / (est.norm() * sources.norm() + 1e-8)
+    loss.backward()
+
+
+def measure(size, batch, seconds, steps, rate=16000):
+    torch.manual_seed(0)
+    model = ConvTasNet(**SIZES[size], cpu_kernels=False)
+    mix = torch.randn(batch, int(seconds * rate))
+    sources = torch.randn(batch, mix.shape[1], 2)
+    long_mix = torch.randn(1, 4 * rate)
+    rows = []
+    train = {name: [] for name in TRAIN}
+    infer = {name: [] for name in INFER}
+    for _ in range(steps + 1):  # the first round warms up
+        for name, forms in TRAIN.items():
+            as_form(model, *forms)
+            train[name].append(timed(lambda: train_step(model, mix, sources), 1))
+            model.zero_grad(set_to_none=True)
+        for name, forms in INFER.items():
+            view = as_form(model, *forms)
+            with torch.no_grad():
+                infer[name].append(timed(lambda: view(long_mix), 1))
+    as_form(model)
+    for kind, table in (("training step", train), ("separation, 4 s", infer)):
+        base = statistics.median(table["plain"][1:])
+        for name, times in table.items():
+            t = statistics.median(times[1:])
+            rows.append((size, kind, name, t * 1000, t / base))
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["small"], choices=list(SIZES))
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=2.0, help="training segment (2 s)")
+    p.add_argument("--steps", type=int, default=5, help="timed rounds (5)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    print(f"| config | what | form | ms (CPU, median) | / plain |\n|---|---|---|---|---|")
+    for size in args.sizes:
+        for row in measure(size, args.batch, args.seconds, args.steps):
+            print("| %s | %s | %s | %.1f | %.2f |" % row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
