@@ -14,7 +14,8 @@ for as many CPU minutes of training as the conditioned model took (every demo ru
 its budget on the CPU clock, which runs side by side do not distort), and the report pairs
 the conditioned model with it too.
 
-Models train ``--jobs`` at a time (default: half the CPU cores, at least 2), each on
+While a model trains, each epoch prints a line (its validation SI-SNR and the minutes since
+the run started). Models train ``--jobs`` at a time (default: half the CPU cores, at least 2), each on
 its share of the cores: these small models use one core far better than two (a training
 step on 2 threads is far from twice as fast as on 1), so two runs side by side finish
 sooner than the same runs one after the other. The conditioned model waits for the
@@ -120,10 +121,16 @@ def train(name: str, data: str, runs: str, extra=(), threads: int = None, seed: 
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     start = time.time()
+    progress = EpochProgress(label, os.path.join(out, "train_log.txt"), start)
     with open(log, "a") as f:
         proc = subprocess.Popen(cmd, cwd=RECIPE, stdout=f, stderr=subprocess.STDOUT, env=env)
-        # wait4: this child's own CPU time (all its threads), even with other runs alongside
-        _, status, usage = os.wait4(proc.pid, 0)
+        while True:  # wait4: this child's own CPU time (all its threads), even beside others
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            progress.report()
+            time.sleep(PROGRESS_SECONDS)
+        progress.report()
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         with open(log) as f:
@@ -132,6 +139,55 @@ def train(name: str, data: str, runs: str, extra=(), threads: int = None, seed: 
     cpu = usage.ru_utime + usage.ru_stime
     print(f"[demo] {label}: done in {time.time() - start:.0f} s ({cpu:.0f} s of CPU)", flush=True)
     return out
+
+
+PROGRESS_SECONDS = 2.0  # how often a training run's new epoch lines are looked for
+
+
+class EpochProgress:
+    """Prints a run's epoch lines as its ``train_log.txt`` gains them, with the wall time
+    since the run started: ``[demo] convtasnet: epoch 3, valid si_snr: 1.25 (0.8 min)``.
+    Lines already there when the run (re)started are not repeated.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as run:
+    ...     path = os.path.join(run, "train_log.txt")
+    ...     progress = EpochProgress("convtasnet", path, time.time())
+    ...     progress.report()  # no log yet: nothing to say
+    ...     with open(path, "w") as f:
+    ...         _ = f.write("epoch: 1, steps: 25, lr: 2.00e-03 - train loss: -1.0 - "
+    ...                     "valid loss: -1.25, valid si_snr: 1.25\\n")
+    ...     progress.report()
+    [demo] convtasnet: epoch 1, steps: 25, valid si_snr: 1.25 (0.0 min)
+    """
+
+    def __init__(self, label: str, path: str, start: float):
+        self.label, self.path, self.start = label, path, start
+        self.seen = self._lines()
+
+    def _lines(self) -> int:
+        try:
+            with open(self.path) as f:
+                return sum(1 for _ in f)
+        except OSError:
+            return 0
+
+    def report(self) -> None:
+        try:
+            with open(self.path) as f:
+                lines = f.read().splitlines()[self.seen:]
+        except OSError:
+            return
+        for line in lines:
+            self.seen += 1
+            fields = [field.strip() for part in line.split(" - ") for field in part.split(",")]
+            keep = [f.replace("epoch: ", "epoch ") for f in fields
+                    if f.startswith(("epoch:", "steps:", "valid si_snr:"))]
+            if keep:
+                print(f"[demo] {self.label}: {', '.join(keep)} "
+                      f"({(time.time() - self.start) / 60:.1f} min)", flush=True)
 
 
 def command(name: str, data: str, out: str, extra=(), seed: int = None) -> list:
