@@ -36,11 +36,12 @@ if REPO not in sys.path:
 
 from spksep_modules.models.conv_tasnet import ConvTasNet  # noqa: E402
 
-MODELS = ("speechbrain", "ours", "ours-sb-shape")
+MODELS = ("speechbrain", "ours", "ours-sb-shape", "ours+bf16auto")
 LABELS = {
     "speechbrain": "SpeechBrain MaskNet + dual_path Encoder/Decoder",
     "ours": "spksep ConvTasNet (paper: skips, biases)",
     "ours-sb-shape": "spksep ConvTasNet (SpeechBrain shape: no skips, no biases)",
+    "ours+bf16auto": "spksep ConvTasNet, bf16_products: auto (bf16 products where native)",
 }
 
 
@@ -86,6 +87,9 @@ def build(name, args):
         return SpeechBrainConvTasNet(num_spks=args.num_spks, **sizes)
     if name == "ours":
         return ConvTasNet(num_spks=args.num_spks, checkpoint=args.checkpoint, **sizes)
+    if name == "ours+bf16auto":
+        return ConvTasNet(num_spks=args.num_spks, checkpoint=args.checkpoint,
+                          bf16_products="auto", **sizes)
     if name == "ours-sb-shape":
         return ConvTasNet(
             num_spks=args.num_spks, skip=False, bias=False,
