@@ -111,6 +111,9 @@ VARIANTS = {
                               cooldown=0.15),
     "train.py+lr2x+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False,
                                    recipe=True, lr_x=2.0, cooldown=0.15),
+    # bf16 products where this CPU has them natively (AVX512-BF16, AMX), fp32 elsewhere.
+    "train.py+bf16auto+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False,
+                                       recipe=True, cooldown=0.15, bf16_products="auto"),
 }
 RECIPE = os.path.join(REPO, "recipes", "LibriMix", "separation")
 # What `make bench` runs: SpeechBrain's model, ours in the same plain loop, and ours through
@@ -302,7 +305,8 @@ def train_via_recipe(name, args):
                    f"--segment_seconds={args.segment}", f"--lr={args.lr * config.get('lr_x', 1.0)}",
                    f"--seed={args.seed}", "--num_workers=0", "--device=cpu", "--noprogressbar",
                    f"--valid_segment_seconds={args.valid_seconds}",
-                   f"--cooldown={config.get('cooldown', 0.0)}", *limit]
+                   f"--cooldown={config.get('cooldown', 0.0)}",
+                   f"--bf16_products={config.get('bf16_products', False)}", *limit]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
         proc = subprocess.run(command, cwd=RECIPE, env=env, capture_output=True, text=True)
         if proc.returncode:
