@@ -51,6 +51,9 @@ SHARE = ("valid_share",)  # strictly between 0 and 1
 UNIT_INTERVAL = ("dropout",)  # 0 <= value < 1
 # Keys that may be null although the yaml gives a number (null: whole utterances).
 NULLABLE = ("segment_seconds",)
+# Booleans that may also be "auto": the model chooses per machine (bf16 products only where
+# the CPU has native bf16: models.conv_tasnet).
+AUTO_BOOLEANS = ("bf16_products",)
 
 # A run folder that holds checkpoints is resumed only with the yaml it was started with;
 # these keys may differ (where the data is now, more epochs, loader processes, ...).
@@ -202,6 +205,7 @@ def check_overrides(yaml_text, overrides, hparams_file="hparams"):
     Traceback (most recent call last):
         ...
     spksep_modules.SpkSepError: --freeze: expected a boolean (True or False), got 'maybe'
+    >>> check_overrides("bf16_products: False\\n", "bf16_products: auto")  # chosen per machine
     >>> check_overrides("segment_seconds: 3.0\\n", "segment_seconds: 0")
     Traceback (most recent call last):
         ...
@@ -220,6 +224,8 @@ def check_overrides(yaml_text, overrides, hparams_file="hparams"):
             if what is not None:
                 raise SpkSepError(f"--{key}: expected {what}, got null")
             continue
+        if key in AUTO_BOOLEANS and value == "auto":
+            continue  # a boolean chosen per machine (see AUTO_BOOLEANS)
         what, fits = _kind(default)
         if default is None and key in AT_LEAST_ONE + POSITIVE + NON_NEGATIVE + SHARE + UNIT_INTERVAL:
             what, fits = _kind(0.0)
