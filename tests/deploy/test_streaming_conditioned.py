@@ -181,3 +181,16 @@ def test_stream_chunks_follow_the_models_rate(tmp_path, monkeypatch):
     separate_files([tmp_path / "mix.wav"], str(run), str(tmp_path / "b"), precision="fp32",
                    stream=True, stream_chunk_ms=2.5)
     assert chunks == [160, 40]  # 10 ms and 2.5 ms at 16 kHz
+
+
+def test_a_stack_with_one_prelu_slope_per_channel_streams_too():
+    # The streaming mode is the layer's own: whatever PReLU the model has, it streams.
+    model, mix = causal_conditioned("residual+cue"), mixture()
+    shared = offline_reference(model, mix, RATE, **SCHEDULE)
+    for layer in model.stack.layers:
+        layer.act = torch.nn.PReLU(model.stack.channels)
+        torch.nn.init.uniform_(layer.act.weight, 0.0, 0.5)
+    want = offline_reference(model, mix, RATE, **SCHEDULE)
+    assert not torch.allclose(want, shared, atol=1e-4)  # the slopes matter
+    got = StreamingConditionedSeparator(model, RATE, **SCHEDULE).separate_signal(mix, chunk=80)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
