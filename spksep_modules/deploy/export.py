@@ -69,8 +69,9 @@ def exportable(separator: nn.Module) -> nn.Module:
     -------
     >>> from spksep_modules.models import ConvTasNet
     >>> model = ConvTasNet(N=16, L=8, B=8, H=16, P=3, X=2, R=1)
-    >>> type(exportable(model).separator.separator.blocks[0].dconv).__name__
-    'DepthwiseConv1d'
+    >>> from spksep_modules.nnet.forms import forms_of
+    >>> forms_of(model), forms_of(exportable(model).separator)  # the copy: kernels off
+    ({'cpu_kernels'}, {'export'})
     """
     model = as_form(copy.deepcopy(separator).cpu(), "export").eval()
     for module in model.modules():  # a Python dict keyed by the input: nothing to trace
