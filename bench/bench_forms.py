@@ -8,6 +8,14 @@ paper's sizes, one thread:
 * separation (no autograd, one 4 s mixture) of the plain layers, ``cpu_kernels`` and the
   ``inference`` form (gLN folded).
 
+Then the process-wide settings, each run in fresh processes (they cannot be undone in one):
+
+* the allocator: glibc's default against ``deploy.malloc_tuning.keep_freed_memory`` (freed
+  large blocks kept for reuse), for the training step (``cpu_kernels``, as ``train.py``
+  runs it) and the separation (``inference`` form, as ``spksep separate`` runs it);
+* the thread count: one thread against two, wall-clock and CPU time (two threads finish a
+  step sooner but spend more CPU on it: what two runs side by side on two cores lose).
+
 Each variant's steps are interleaved with the others' (so load from other processes hits
 them alike) and timed on this thread's CPU clock; the table gives the median and the ratio
 to the plain layers (below 1: the form pays). ``bench/bench.py --parts bench_forms.py``
@@ -18,8 +26,10 @@ model and flags printed above each table.
 """
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -82,18 +92,96 @@ def measure(size, batch, seconds, steps, rate=16000):
     return rows
 
 
+# Process-wide settings: (name, keep_freed_memory, threads) per kind of work; the first of
+# each is what the rows are divided by.
+SETTINGS = {
+    "training step": [("glibc default, 1 thread", False, 1), ("malloc tuning, 1 thread", True, 1),
+                      ("glibc default, 2 threads", False, 2)],
+    "separation, 4 s": [("glibc default, 1 thread", False, 1),
+                        ("malloc tuning, 1 thread", True, 1), ("glibc default, 2 threads", False, 2)],
+}
+
+
+def one_process(what, size, malloc, threads, batch, seconds, reps):
+    """In a fresh process: (wall ms, CPU ms) medians of ``reps`` training steps
+    (``cpu_kernels``) or separations (``inference`` form), after one warm-up."""
+    if malloc:
+        from spksep_modules.deploy.malloc_tuning import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise SystemExit("malloc tuning is not available here (glibc only)")
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = ConvTasNet(**SIZES[size])  # cpu_kernels on, as train.py builds it
+    if what == "training step":
+        mix = torch.randn(batch, int(seconds * 16000))
+        sources = torch.randn(batch, mix.shape[1], 2)
+
+        def run():
+            train_step(model, mix, sources)
+            model.zero_grad(set_to_none=True)
+    else:
+        view, long_mix = as_form(model, "inference"), torch.randn(1, 4 * 16000)
+
+        def run():
+            with torch.no_grad():
+                view(long_mix)
+    walls, cpus = [], []
+    for i in range(reps + 1):
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        if i:  # the first is the warm-up
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+    return 1000 * statistics.median(walls), 1000 * statistics.median(cpus)
+
+
+def measure_settings(size, batch, seconds, rounds, reps=3):
+    """Rows for SETTINGS: each setting in its own process, the processes interleaved over
+    ``rounds`` so that load from other programs hits them alike."""
+    rows = []
+    for what, settings in SETTINGS.items():
+        times = {name: [] for name, _, _ in settings}
+        for _ in range(rounds):
+            for name, malloc, threads in settings:
+                out = subprocess.run(
+                    [sys.executable, os.path.abspath(__file__), "--_one", json.dumps(
+                        [what, size, malloc, threads, batch, seconds, reps])],
+                    check=True, capture_output=True, text=True).stdout
+                times[name].append(json.loads(out.strip().splitlines()[-1]))
+        base_wall = statistics.median(w for w, _ in times[settings[0][0]])
+        base_cpu = statistics.median(c for _, c in times[settings[0][0]])
+        for name, _, _ in settings:
+            wall = statistics.median(w for w, _ in times[name])
+            cpu = statistics.median(c for _, c in times[name])
+            rows.append((size, what, name, wall, wall / base_wall, cpu, cpu / base_cpu))
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["small"], choices=list(SIZES))
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seconds", type=float, default=2.0, help="training segment (2 s)")
     p.add_argument("--steps", type=int, default=5, help="timed rounds (5)")
+    p.add_argument("--no-settings", action="store_true", help="only the layer forms")
+    p.add_argument("--_one", default=None, help=argparse.SUPPRESS)  # one settings process
     args = p.parse_args(argv)
+    if args._one:
+        print(json.dumps(one_process(*json.loads(args._one))))
+        return
     torch.set_num_threads(1)
     print(f"| config | what | form | ms (CPU, median) | / plain |\n|---|---|---|---|---|")
     for size in args.sizes:
         for row in measure(size, args.batch, args.seconds, args.steps):
             print("| %s | %s | %s | %.1f | %.2f |" % row, flush=True)
+    if args.no_settings:
+        return
+    print("\n| config | what | process setting | wall ms | / first | CPU ms | / first |\n"
+          "|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        for row in measure_settings(size, args.batch, args.seconds, max(2, args.steps // 2)):
+            print("| %s | %s | %s | %.1f | %.2f | %.1f | %.2f |" % row, flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ Every variant trains the small configuration (N128 L16 B64 H128 P3 X6 R2, batch 
 2 s segments) in a plain loop with Adam and gradient clipping at 5, on any
 LibriMix-layout folder (default: the demo set, written on first use), and is evaluated
 with the same metric code (``spksep_modules.metrics.evaluate_mixture``) on the whole test
-utterances each time its clock passes a budget. Evaluation is not charged to the clock.
+utterances each time its clock passes a budget. A budget's figure is the mean of the test
+scores at a few nearby points (``--nearby``: 0.9 and 0.95 of the budget, and its end), so the
+exact stopping step does not decide it; a ``train.py`` run keeps its weights at those points
+(``budget_snapshots``). Evaluation is not charged to the clock.
 
 Variants (``--variants``), each changing one thing in one before it:
 
@@ -111,6 +114,11 @@ VARIANTS = {
                               cooldown=0.15),
     "train.py+lr2x+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False,
                                    recipe=True, lr_x=2.0, cooldown=0.15),
+    # The paper's mask-network shape (summed skips feed the masks, biases): the recipe's
+    # default until SpeechBrain's shape (no skips, no biases) proved better on real speech.
+    "train.py+paper-shape+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False,
+                                          recipe=True, cooldown=0.15,
+                                          overrides=["--skip_connections=True", "--bias=True"]),
     # bf16 products where this CPU has them natively (AVX512-BF16, AMX), fp32 elsewhere.
     "train.py+bf16auto+cooldown": dict(model="ours", schedule=False, dynamic_mixing=False,
                                        recipe=True, cooldown=0.15, bf16_products="auto"),
@@ -121,6 +129,9 @@ RECIPE = os.path.join(REPO, "recipes", "LibriMix", "separation")
 # (NOTES.md; bf16 products pay only with AMX) are there for --variants.
 DEFAULT_VARIANTS = ["speechbrain", "ours+cooldown", "train.py+cooldown"]
 SIZES = dict(N=128, L=16, B=64, H=128, P=3, X=6, R=2)
+# ``ours`` in the plain loop has the recipe's mask-network shape (hparams/separators/
+# convtasnet.yaml: SpeechBrain's, no skips, no biases; the paper's until this session).
+SHAPE = dict(skip=False, bias=False)
 # The demo's data (spksep_modules/demo.py): enough speakers for a small model to
 # generalise to the unseen test speakers.
 DEMO_DATA = dict(num_train=200, num_train_speakers=80)
@@ -192,7 +203,7 @@ def build_model(kind, bf16_products=False):
         return SpeechBrainConvTasNet(num_spks=2, **SIZES)
     from spksep_modules.models import ConvTasNet
 
-    return ConvTasNet(num_spks=2, bf16_products=bf16_products, **SIZES)
+    return ConvTasNet(num_spks=2, bf16_products=bf16_products, **SIZES, **SHAPE)
 
 
 def build_loss(kind):
@@ -299,6 +310,7 @@ def train_via_recipe(name, args):
             limit = [f"--optimizer_step_limit={int(budget)}"]
         else:
             limit = [f"--budget_minutes={budget}", f"--budget_clock={args.clock}"]
+        nearby = "[" + ",".join(f"{f:g}" for f in args.nearby) + "]"
         command = [sys.executable, "train.py", "hparams/convtasnet.yaml",
                    f"--data_folder={data_folder(args)}", f"--output_folder={out}",
                    f"--sample_rate={args.sample_rate}", *sizes, f"--batch_size={args.batch}",
@@ -306,7 +318,8 @@ def train_via_recipe(name, args):
                    f"--seed={args.seed}", "--num_workers=0", "--device=cpu", "--noprogressbar",
                    f"--valid_segment_seconds={args.valid_seconds}",
                    f"--cooldown={config.get('cooldown', 0.0)}",
-                   f"--bf16_products={config.get('bf16_products', False)}", *limit]
+                   f"--bf16_products={config.get('bf16_products', False)}",
+                   f"--budget_snapshots={nearby}", *config.get("overrides", []), *limit]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
         proc = subprocess.run(command, cwd=RECIPE, env=env, capture_output=True, text=True)
         if proc.returncode:
@@ -314,14 +327,62 @@ def train_via_recipe(name, args):
         with open(os.path.join(out, "test_results.csv")) as f:
             rows = list(csv.DictReader(f))
         steps, minutes = recipe_progress(os.path.join(out, "train_log.txt"))
+        end = dict(fraction=1.0, steps=steps, **scores([r["mixture_ID"] for r in rows], rows))
+        points = [*recipe_snapshot_scores(out, args), end]
         results.append(dict(budget_min=budget, steps=steps, train_minutes=minutes,
-                            **scores([r["mixture_ID"] for r in rows], rows)))
+                            **mean_of_points(points)))
         print(f"[{name}] {brief(results[-1])}", flush=True)
         write_results(name, config, args, results)
 
 
+def recipe_snapshot_scores(run, args):
+    """Test scores of the weights a ``train.py`` run kept at ``--nearby`` fractions of its
+    budget (``budget_snapshots``), with this file's evaluation (the recipe's metric code)."""
+    import glob
+
+    from spksep_modules.data.pipeline import build_datasets
+    from spksep_modules.loading import load_separator
+
+    paths = sorted(glob.glob(os.path.join(run, "budget_snapshots", "at-*.ckpt")))
+    if not paths:
+        return []
+    test_set = build_datasets({"test": prepare_data(args)["test"]}, args.sample_rate, 2)["test"]
+    model, _ = load_separator(run)
+    points = []
+    for path in paths:
+        snapshot = torch.load(path, weights_only=True)
+        model.load_state_dict(snapshot["separator"])
+        points.append(dict(fraction=snapshot["fraction"], steps=snapshot["steps"],
+                           **evaluate(model, test_set, args.sample_rate)))
+    return points
+
+
+def mean_of_points(points):
+    """One budget's figure: the mean over its evaluation points (``--nearby`` fractions of
+    the budget and its end) of each mixture's scores, so one lucky or unlucky stopping step
+    does not decide it; the points' own means are kept under ``points``.
+
+    Example
+    -------
+    >>> p = lambda f, a, b: dict(fraction=f, steps=int(10 * f), si_snr_i=(a + b) / 2,
+    ...     stoi=0.5, per_mixture=dict(ids=["x", "y"], si_snr_i=[a, b], stoi=[0.5, 0.5]))
+    >>> m = mean_of_points([p(0.9, 1.0, 3.0), p(1.0, 3.0, 5.0)])
+    >>> m["si_snr_i"], m["per_mixture"]["si_snr_i"], [q["steps"] for q in m["points"]]
+    (3.0, [2.0, 4.0], [9, 10])
+    """
+    keys = ("si_snr_i", "stoi")
+    ids = points[-1]["per_mixture"]["ids"]
+    per_mixture = dict(ids=list(ids))
+    for key in keys:
+        by_id = [dict(zip(p["per_mixture"]["ids"], p["per_mixture"][key])) for p in points]
+        per_mixture[key] = [sum(b[i] for b in by_id) / len(by_id) for i in ids]
+    means = {key: sum(per_mixture[key]) / len(ids) for key in keys}
+    brief_points = [{k: v for k, v in p.items() if k != "per_mixture"} for p in points]
+    return dict(means, per_mixture=per_mixture, points=brief_points)
+
+
 def brief(result):
-    return {key: value for key, value in result.items() if key != "per_mixture"}
+    return {key: value for key, value in result.items() if key not in ("per_mixture", "points")}
 
 
 def recipe_progress(train_log):
@@ -351,17 +412,23 @@ def train_step(model, optimiser, loss_fn, batch, lr=None):
     return loss
 
 
-def cool_down(model, optimiser, loss_fn, loader, length, kind):
+def cool_down(model, optimiser, loss_fn, loader, length, kind, marks=(), on_mark=None):
     """A copy of ``model`` trained ``length`` more (steps, or seconds of ``kind``'s clock)
     with its rate decayed linearly from the current one to zero; the originals are not
-    touched, so the run it branched from goes on as if it had not. Returns (copy, steps,
-    last loss)."""
+    touched, so the run it branched from goes on as if it had not. ``marks``: (tag, length
+    so far) pairs at which ``on_mark(tag, copy, steps)`` is called (not charged). Returns
+    (copy, steps, last loss)."""
     model, optimiser = copy.deepcopy((model, optimiser))  # one memo: the copy's optimiser
     peak = optimiser.param_groups[0]["lr"]                 # steps the copy's parameters
     clock, steps, loss = BudgetClock("cpu" if kind == "steps" else kind), 0, None
     spent = (lambda: steps) if kind == "steps" else clock.seconds
+    marks = sorted(marks, key=lambda mark: mark[1])
     while spent() < length:
         for batch in loader:
+            while marks and spent() >= marks[0][1]:
+                clock.pause()
+                on_mark(marks.pop(0)[0], model, steps)
+                clock.resume()
             if spent() >= length:
                 break
             lr = peak * max(0.0, 1.0 - spent() / length)
@@ -370,8 +437,33 @@ def cool_down(model, optimiser, loss_fn, loader, length, kind):
     return model, steps, loss
 
 
+def evaluation_points(budgets, nearby, cooldown):
+    """When a plain-loop run is scored: each budget at its ``nearby`` fractions and at its
+    end (``point``), or, with a cool-down, where the copy that cools down branches off
+    (``branch``: the points inside the cool-down are scored in the copy). Sorted (clock,
+    budget, kind, fraction) tuples.
+
+    Example
+    -------
+    >>> [(t, k, f) for t, _, k, f in evaluation_points([100.0], [0.9, 0.8], cooldown=0.15)]
+    [(80.0, 'point', 0.8), (85.0, 'branch', None)]
+    >>> [(t, k, f) for t, _, k, f in evaluation_points([100.0], [0.9], cooldown=0.0)]
+    [(90.0, 'point', 0.9), (100.0, 'point', 1.0)]
+    """
+    events = []
+    for budget in budgets:
+        branch = (1.0 - cooldown) * budget
+        for fraction in [*sorted(nearby), 1.0]:
+            if not (cooldown and fraction * budget > branch):
+                events.append((fraction * budget, budget, "point", fraction))
+        if cooldown:
+            events.append((branch, budget, "branch", None))
+    return sorted(events, key=lambda e: (e[0], e[1]))
+
+
 def train_variant(name, args):
-    """Train ``name`` until the largest budget, evaluating at each; write its JSON."""
+    """Train ``name`` until the largest budget, evaluating at each (the mean over its
+    ``--nearby`` points); write its JSON."""
     config = VARIANTS[name]
     if config.get("recipe"):
         return train_via_recipe(name, args)
@@ -397,10 +489,17 @@ def train_variant(name, args):
         branch_loader = train_loader(csvs, config, args, args.seed + 1)[1]
     scale = 1.0 if args.clock == "steps" else 60.0  # budgets in steps, or minutes -> seconds
     budgets = sorted(scale * b for b in args.budgets)
+    events = evaluation_points(budgets, args.nearby, cooldown)
+    points = {budget: [] for budget in budgets}
     results, steps, epoch = [], 0, 0
     clock = BudgetClock("cpu" if args.clock == "steps" else args.clock)
     spent = (lambda: steps) if args.clock == "steps" else clock.seconds
-    while budgets:
+
+    def score(budget, fraction, scored, at_steps):
+        points[budget].append(dict(fraction=fraction, steps=at_steps,
+                                   **evaluate(scored, test_set, args.sample_rate)))
+
+    while events:
         epoch += 1
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
@@ -410,23 +509,30 @@ def train_variant(name, args):
             if averaged is not None:
                 averaged.update_parameters(model)
             steps += 1
-            # A budget is reached, or (cooldown) the point where its cool-down branches off.
-            while budgets and spent() >= (1.0 - cooldown) * budgets[0]:
+            while events and spent() >= events[0][0]:
                 clock.pause()
+                _, budget, kind, fraction = events.pop(0)
                 scored, total_steps, last_loss = averaged.module if averaged is not None else model, steps, loss
-                if cooldown:  # the branch's compute is charged to this budget only
-                    scored, extra, branch_loss = cool_down(model, optimiser, loss_fn, branch_loader,
-                                                           budgets[0] - spent(), args.clock)
+                if kind == "point":
+                    score(budget, fraction, scored, steps)
+                else:  # the cool-down copy: its compute is charged to this budget only
+                    marks = [(f, f * budget - spent()) for f in args.nearby
+                             if f * budget > (1.0 - cooldown) * budget]
+                    scored, extra, branch_loss = cool_down(
+                        model, optimiser, loss_fn, branch_loader, budget - spent(), args.clock,
+                        marks, lambda f, copy_, n: score(budget, f, copy_, steps + n))
                     total_steps += extra
                     last_loss = loss if branch_loss is None else branch_loss  # None: no room left
-                scores = evaluate(scored, test_set, args.sample_rate)
-                results.append(dict(budget_min=budgets.pop(0) / scale, steps=total_steps,
-                                    epochs=epoch, cpu_seconds=clock.seconds(),
-                                    train_loss=float(last_loss.detach()), **scores))
-                print(f"[{name}] {brief(results[-1])}", flush=True)
-                write_results(name, config, args, results)  # kept if a later budget is cut off
+                    score(budget, 1.0, scored, total_steps)
+                if points[budget] and points[budget][-1]["fraction"] == 1.0:  # its end: done
+                    results.append(dict(budget_min=budget / scale, steps=total_steps,
+                                        epochs=epoch, cpu_seconds=clock.seconds(),
+                                        train_loss=float(last_loss.detach()),
+                                        **mean_of_points(points[budget])))
+                    print(f"[{name}] {brief(results[-1])}", flush=True)
+                    write_results(name, config, args, results)  # kept if a later budget is cut off
                 clock.resume()
-            if not budgets:
+            if not events:
                 break
 
 
@@ -448,7 +554,9 @@ def table(args):
     base = rows.get("speechbrain")
     unit = "steps" if args.clock == "steps" else "min"
     head = " | ".join(f"{b:g} {unit}: SI-SNRi (steps)" for b in budgets)
-    lines = [f"{args.clock} clock, {args.threads} thread(s) per variant, {args.jobs} at once",
+    where = " and ".join(f"{f:g}" for f in sorted(args.nearby))
+    points = f"; each figure the mean of the test scores at {where} of the budget and at its end" if where else ""
+    lines = [f"{args.clock} clock, {args.threads} thread(s) per variant, {args.jobs} at once{points}",
              f"| variant | {head} | STOI at {budgets[-1]:g} {unit} | x SpeechBrain at {budgets[-1]:g} {unit} "
              f"| - SpeechBrain, dB [95% paired CI] |",
              "|---|" + "---|" * (len(budgets) + 3)]
@@ -500,6 +608,9 @@ def parse_args(argv):
     parser.add_argument("--valid_seconds", type=float, default=4.0,
                         help="train.py variants: dev utterances cut to their first this many "
                              "seconds (the validation that picks the checkpoint costs little)")
+    parser.add_argument("--nearby", type=float, nargs="*", default=[0.9, 0.95],
+                        help="fractions of each budget also scored: a budget's figure is the "
+                             "mean over these points and its end (none: the end alone)")
     parser.add_argument("--train", default=None, help=argparse.SUPPRESS)  # one variant, here
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
     return parser.parse_args(argv)

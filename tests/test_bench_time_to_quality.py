@@ -114,28 +114,40 @@ def test_cooldown_variant_scores_a_branch_at_each_budget(ttq, data, tmp_path, mo
     monkeypatch.setitem(ttq.VARIANTS, "ours+cooldown", {**ttq.VARIANTS["ours+cooldown"], "cooldown": 0.5})
     args = ttq.parse_args(["--data", data, "--out", str(out), "--sample_rate", "8000", "--clock",
                            "steps", "--budgets", "2", "4", "--segment", "0.5", "--variants",
-                           "ours", "ours+cooldown"])
+                           "ours", "ours+cooldown", "--nearby", "0.75"])
     train_variants(ttq, args)
     ours, cooled = (json.loads((out / f"{name}.json").read_text())["results"]
                     for name in args.variants)
     assert [r["steps"] for r in cooled] == [r["steps"] for r in ours] == [2, 4]
     assert [r["epochs"] for r in cooled] == [1, 1]  # branched off at steps 1 and 2 of the run
     assert all(c["si_snr_i"] != o["si_snr_i"] for c, o in zip(cooled, ours))
+    # each budget is scored at 3/4 of it and at its end; the cooled run's 3/4 point lies in
+    # its cool-down copy (1 step after the branch), and the figure is the points' mean
+    assert [[p["steps"] for p in r["points"]] for r in ours] == [[2, 2], [3, 4]]
+    assert [[p["steps"] for p in r["points"]] for r in cooled] == [[2, 2], [3, 4]]
+    for r in ours + cooled:
+        assert r["si_snr_i"] == pytest.approx(sum(p["si_snr_i"] for p in r["points"]) / 2)
+    assert ours[1]["points"][0]["si_snr_i"] != ours[1]["points"][1]["si_snr_i"]
 
 
 def test_recipe_variant_runs_train_py_per_budget_and_pairs_with_the_plain_loop(ttq, data, tmp_path):
     out = tmp_path / "out"
     argv = ["--data", data, "--out", str(out), "--sample_rate", "8000", "--clock", "steps",
-            "--budgets", "3", "--segment", "0.5", "--valid_seconds", "0.5",
+            "--budgets", "4", "--segment", "0.5", "--valid_seconds", "0.5", "--nearby", "0.5",
             "--variants", "speechbrain", "train.py+cooldown"]
     args = ttq.parse_args(argv)
     os.makedirs(out)
     train_variants(ttq, args)
     recipe = json.loads((out / "train.py+cooldown.json").read_text())["results"]
     # the recipe stopped at the step budget, and its test rows came back per mixture
-    assert [r["steps"] for r in recipe] == [3]
+    assert [r["steps"] for r in recipe] == [4]
     assert len(recipe[0]["per_mixture"]["si_snr_i"]) == 2
-    run = out / "recipe" / "train.py+cooldown-seed0-3"
+    run = out / "recipe" / "train.py+cooldown-seed0-4"
     assert "cooldown: 0.15" in (run / "hyperparams.yaml").read_text()
+    # the weights kept at half the budget are scored too, and the figure is the mean
+    assert [(p["fraction"], p["steps"]) for p in recipe[0]["points"]] == [(0.5, 2), (1.0, 4)]
+    assert recipe[0]["si_snr_i"] == pytest.approx(
+        sum(p["si_snr_i"] for p in recipe[0]["points"]) / 2)
+    assert (run / "budget_snapshots" / "at-0.500.ckpt").is_file()
     table = ttq.table(args)
     assert "| train.py+cooldown |" in table and "[" in table.splitlines()[-1]  # paired interval

@@ -17,6 +17,12 @@ on a busy machine do not distort: benchmarks use it. A step budget is SpeechBrai
 The minutes spent and the rate before cool-down are saved with the checkpoints, so a
 killed and resumed run keeps its budget (the minutes between its last checkpoint and the
 kill are not charged twice: they are lost, as the steps are).
+
+A short run's test score depends on where exactly it stopped (a few dozen steps more or
+less move it by tenths of a dB on real speech). ``snapshots`` names fractions of the budget
+(say ``[0.9, 0.95]``) at which the separator's weights are also written to
+``<output_folder>/budget_snapshots/``: the time-to-quality benchmark reports the mean of the
+test scores at those points and at the end (``bench/bench_time_to_quality.py``).
 """
 
 import time
@@ -42,6 +48,9 @@ class TrainingBudget:
     cooldown : float
         Share of the budget, in ``[0, 1)``, over which the learning rate decays linearly to
         zero. Needs ``minutes`` or a step limit to know where the run ends.
+    snapshots : list of float
+        Fractions of the budget, in ``(0, 1)``, at which to keep a copy of the separator's
+        weights (``due_snapshots`` says when; the Brain writes them).
 
     Example
     -------
@@ -59,14 +68,18 @@ class TrainingBudget:
     spksep_modules.SpkSepError: budget_minutes: must be positive (or null for no time budget), got 0
     """
 
-    def __init__(self, minutes=None, clock="wall", cooldown=0.0):
+    def __init__(self, minutes=None, clock="wall", cooldown=0.0, snapshots=()):
         if minutes is not None and not minutes > 0:
             raise SpkSepError(f"budget_minutes: must be positive (or null for no time budget), got {minutes}")
         if clock not in CLOCKS:
             raise SpkSepError(f"budget_clock: must be one of {', '.join(CLOCKS)}, got {clock!r}")
         if not 0 <= cooldown < 1:
             raise SpkSepError(f"cooldown: must be at least 0 and below 1, got {cooldown}")
+        snapshots = sorted(float(f) for f in (snapshots or ()))
+        if any(not 0 < f < 1 for f in snapshots):
+            raise SpkSepError(f"budget_snapshots: fractions of the budget between 0 and 1, got {snapshots}")
         self.minutes, self.clock, self.cooldown = minutes, clock, float(cooldown)
+        self.snapshots, self.snapshots_taken = snapshots, []
         self.spent_seconds = 0.0
         self.base_lrs = None  # the rates the cool-down scales (those a scheduler set last)
         self._last = None
@@ -125,11 +138,29 @@ class TrainingBudget:
         """The optimiser's current rates become the base rates (after a scheduler ran)."""
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
 
+    def due_snapshots(self, step=0, step_limit=None):
+        """The snapshot fractions passed since the last call (each is returned once).
+
+        Example
+        -------
+        >>> budget = TrainingBudget(snapshots=[0.9, 0.5])
+        >>> [budget.due_snapshots(step, step_limit=10) for step in (4, 5, 6, 10)]
+        [[], [0.5], [], [0.9]]
+        """
+        if not self.limited(step_limit):
+            return []
+        spent = self.fraction(step, step_limit)
+        due = [f for f in self.snapshots if f <= spent and f not in self.snapshots_taken]
+        self.snapshots_taken += due
+        return due
+
     @mark_as_saver
     def save(self, path):
-        torch.save({"spent_seconds": self.spent_seconds, "base_lrs": self.base_lrs}, path)
+        torch.save({"spent_seconds": self.spent_seconds, "base_lrs": self.base_lrs,
+                    "snapshots_taken": self.snapshots_taken}, path)
 
     @mark_as_loader
     def load(self, path, end_of_epoch=True):
         state = torch.load(path, weights_only=True)
         self.spent_seconds, self.base_lrs = state["spent_seconds"], state["base_lrs"]
+        self.snapshots_taken = list(state.get("snapshots_taken", []))
