@@ -10,7 +10,7 @@ paper's sizes, one thread:
 
 Then the process-wide settings, each run in fresh processes (they cannot be undone in one):
 
-* the allocator: glibc's default against ``deploy.malloc_tuning.keep_freed_memory`` (freed
+* the allocator: glibc's default against ``allocator.keep_freed_memory`` (freed
   large blocks kept for reuse), for the training step (``cpu_kernels``, as ``train.py``
   runs it) and the separation (``inference`` form, as ``spksep separate`` runs it);
 * the thread count: one thread against two, wall-clock and CPU time (two threads finish a
@@ -106,7 +106,7 @@ def one_process(what, size, malloc, threads, batch, seconds, reps):
     """In a fresh process: (wall ms, CPU ms) medians of ``reps`` training steps
     (``cpu_kernels``) or separations (``inference`` form), after one warm-up."""
     if malloc:
-        from spksep_modules.deploy.malloc_tuning import keep_freed_memory
+        from spksep_modules.allocator import keep_freed_memory
 
         if not keep_freed_memory():
             raise SystemExit("malloc tuning is not available here (glibc only)")

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from spksep_modules.deploy.malloc_tuning import keep_freed_memory
+from spksep_modules.allocator import keep_freed_memory
 from spksep_modules.models import ConditionedSeparator, ConvTasNet, fuse_for_inference
 from spksep_modules.nnet.frozen import Frozen
 from spksep_modules.speakers.ge2e import load_ge2e

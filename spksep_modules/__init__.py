@@ -2,7 +2,7 @@
 
 Everything a recipe needs that SpeechBrain lacks lives here, grouped by stage: the
 building blocks at the top (``models``, ``nnet``, ``features``, ``speakers``, ``losses``,
-``data``, ``audio``, ``metrics``, ``checkpoints``, ``configurable``), ``loading`` (any
+``data``, ``audio``, ``metrics``, ``checkpoints``, ``configurable``, ``allocator``), ``loading`` (any
 folder -> a separator), then ``training``, ``deploy`` and ``reports``, and the two
 commands (``cli``, ``demo``) on top. ARCHITECTURE.md lists what may import what.
 
@@ -33,7 +33,8 @@ _MOVED = {
     "spksep_modules.export": "spksep_modules.deploy.export",
     "spksep_modules.streaming": "spksep_modules.deploy.streaming",
     "spksep_modules.streaming_conditioned": "spksep_modules.deploy.streaming_conditioned",
-    "spksep_modules.runtime": "spksep_modules.deploy.malloc_tuning",
+    "spksep_modules.runtime": "spksep_modules.allocator",
+    "spksep_modules.deploy.malloc_tuning": "spksep_modules.allocator",
     "spksep_modules.runs": "spksep_modules.reports.run_logs",
     "spksep_modules.tables": "spksep_modules.reports.tables",
     "spksep_modules.stats": "spksep_modules.reports.stats",

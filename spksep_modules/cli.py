@@ -5,7 +5,7 @@ import os
 import sys
 
 from spksep_modules import SpkSepError, one_line
-from spksep_modules.deploy.malloc_tuning import keep_freed_memory
+from spksep_modules.allocator import keep_freed_memory
 
 
 def _demo_data(args):
@@ -18,7 +18,7 @@ def _demo_data(args):
 def _separate(args):
     from spksep_modules.deploy.separate import resolve_precision, separate_files
 
-    keep_freed_memory()  # chunks of one size: reuse their pages (see malloc_tuning.py)
+    keep_freed_memory()  # chunks of one size: reuse their pages (see allocator.py)
     precision = resolve_precision(args.precision, args.device)
     print(f"separating in {precision}" + (" (auto)" if args.precision == "auto" else ""),
           file=sys.stderr)

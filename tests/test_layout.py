@@ -24,7 +24,7 @@ PACKAGE_DIR = Path(spksep_modules.__file__).resolve().parent
 # ARCHITECTURE.md, "Layers": a module may import its own level and the levels below;
 # within level 2 a stage imports only itself (or an edge of ALLOWED).
 LEVELS = {
-    "audio": 0, "checkpoints": 0, "configurable": 0, "metrics": 0,
+    "audio": 0, "checkpoints": 0, "configurable": 0, "metrics": 0, "allocator": 0,
     "nnet": 0, "features": 0, "speakers": 0, "losses": 0, "data": 0, "models": 0,
     "loading": 1,
     "training": 2, "deploy": 2, "reports": 2,
@@ -230,7 +230,8 @@ def test_an_old_module_name_is_the_module_itself(old):
     assert not (PACKAGE_DIR / (old.split(".", 1)[1].replace(".", "/") + ".py")).exists()
     assert importlib.import_module(old) is importlib.import_module(new)
     assert sys.modules[old] is sys.modules[new]
-    assert getattr(spksep_modules, old.rsplit(".", 1)[1]) is sys.modules[new]
+    parent, name = old.rsplit(".", 1)
+    assert getattr(sys.modules[parent], name) is sys.modules[new]
 
 
 def test_old_names_in_a_fresh_interpreter():

@@ -71,6 +71,9 @@ def test_baseline_writes_every_run_output(baseline):
     check_run_outputs(baseline, "convtasnet")
     log = (baseline / "train_log.txt").read_text()
     assert "epoch: 1" in log and "valid si_snr" in log
+    # the training process kept freed memory for reuse (glibc; keep_freed_memory: True)
+    kept = "freed large blocks are kept for reuse" in (baseline / "log.txt").read_text()
+    assert kept == sys.platform.startswith("linux")
 
 
 @pytest.mark.parametrize("model", ["weighted_sum", "triplet_like", "ablation_pos", "ablation_neg"])

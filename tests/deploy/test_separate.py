@@ -119,7 +119,7 @@ def test_keep_freed_memory_is_a_setting_that_can_be_turned_off():
     import subprocess
     import sys
 
-    code = "from spksep_modules.deploy.malloc_tuning import keep_freed_memory as k; print(k())"
+    code = "from spksep_modules.allocator import keep_freed_memory as k; print(k())"
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                         check=True)
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

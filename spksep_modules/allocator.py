@@ -8,16 +8,20 @@ the arithmetic of the element-wise op that fills it. Keeping freed blocks in the
 the next tensor reuse pages that are already mapped: the whole speaker-conditioned
 pipeline ran 1.6x faster on 8 s of audio (RTF 0.52 -> 0.32, 2 threads, fp32).
 
+Training gains the most: at the paper's sizes every activation of a batch of 4 x 3 s is
+49 MB (``[4, 512, 6000]``), above the threshold, and a step allocates hundreds of them, so
+``train.py`` calls :func:`keep_freed_memory` too (yaml ``keep_freed_memory``, on by
+default): the training step at the paper's sizes took about half the time with it, at the
+small configuration about 0.8-0.9x (``bench/bench_forms.py``, both instruction sets).
+
 The price: freed blocks stay resident, and when a process allocates blocks of many
-different sizes the heap fragments and grows past the process's real peak. That is fine
-for inference, where the model's tensors come from chunks of a bounded, repeating size,
-so ``spksep separate`` and ``bench/bench_rtf.py`` call :func:`keep_freed_memory` (the
-whole-recording buffers of files of different lengths can still leave up to the trim
-threshold, 1 GiB, resident beyond the peak). It is not used for training: the
-benchmark process that times SpeechBrain's and our training steps one after the other grew
-to 21 GB with it (OOM-killed on a 24 GB machine) against a 16 GB peak without, and
-validation on whole utterances of every length would fragment the same way. A library
-import never calls it; ``SPKSEP_MALLOC=system`` in the environment turns it off.
+different sizes the heap fragments and grows past the process's real peak (a training run's
+peak RSS grew by ~20% at the paper's sizes; ``docs/benchmarks.md``). A benchmark process
+that timed SpeechBrain's and our training steps one after the other at the paper's sizes
+grew to 21 GB with it (OOM-killed on a 24 GB machine) against a 16 GB peak without, which
+is why benchmarks set it per process. A library import never calls it;
+``SPKSEP_MALLOC=system`` in the environment, or ``keep_freed_memory: False`` in a training
+yaml, turns it off.
 """
 
 import ctypes
@@ -27,6 +31,14 @@ import os
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+
+
+_kept = False  # whether keep_freed_memory took effect in this process
+
+
+def freed_memory_kept() -> bool:
+    """Whether :func:`keep_freed_memory` took effect in this process."""
+    return _kept
 
 
 def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
@@ -63,4 +75,6 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
     except (OSError, AttributeError):  # not glibc (musl, macOS): leave the allocator alone
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    global _kept
+    _kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    return _kept
