@@ -3,9 +3,12 @@
 Both models are built at the same sizes and fed the same mixtures. SpeechBrain's model is
 wired as its LibriMix/WSJ0Mix Conv-TasNet recipe wires it: ``dual_path.Encoder`` ->
 ``conv_tasnet.MaskNet`` -> mask * encoding -> ``dual_path.Decoder`` per source. Ours is
-timed twice: as the paper defines it (skip path, biases; what spksep trains) and in the
-shape of SpeechBrain's MaskNet (no skip path, no biases, same parameter count up to one
-PReLU weight), which is the strict like-for-like comparison.
+timed as the paper defines it (skip path, biases), in the shape of SpeechBrain's MaskNet (no
+skip path, no biases, same parameter count up to one PReLU weight: the strict
+like-for-like comparison, and the recipe's default), with ``bf16_products: auto``, and
+(``train.py``) as ``train.py`` runs it: SpeechBrain's shape, ``bf16_products: auto`` and
+freed memory kept for reuse (``spksep_modules.allocator``, a process-wide setting, so that
+row is timed in its own process after the others; SpeechBrain's recipe does not set it).
 
 A step is forward + MSE loss + backward. Steps of the models are interleaved (so load
 from other processes hits all of them alike) and the median is reported. Peak memory is
@@ -36,13 +39,15 @@ if REPO not in sys.path:
 
 from spksep_modules.models.conv_tasnet import ConvTasNet  # noqa: E402
 
-MODELS = ("speechbrain", "ours", "ours-sb-shape", "ours+bf16auto")
+MODELS = ("speechbrain", "ours", "ours-sb-shape", "ours+bf16auto", "train.py")
 LABELS = {
     "speechbrain": "SpeechBrain MaskNet + dual_path Encoder/Decoder",
-    "ours": "spksep ConvTasNet (paper: skips, biases)",
-    "ours-sb-shape": "spksep ConvTasNet (SpeechBrain shape: no skips, no biases)",
-    "ours+bf16auto": "spksep ConvTasNet, bf16_products: auto (bf16 products where native)",
+    "ours": "spksep ConvTasNet (paper shape: skips, biases)",
+    "ours-sb-shape": "spksep ConvTasNet (SpeechBrain's shape: no skips, no biases)",
+    "ours+bf16auto": "spksep ConvTasNet, paper shape, bf16_products: auto (bf16 products where native)",
+    "train.py": "spksep ConvTasNet as train.py runs it (SpeechBrain's shape, bf16 auto, freed memory kept)",
 }
+OWN_PROCESS = ("train.py",)  # process-wide settings: timed in a fresh interpreter
 
 
 class SpeechBrainConvTasNet(nn.Module):
@@ -95,6 +100,9 @@ def build(name, args):
             num_spks=args.num_spks, skip=False, bias=False,
             checkpoint=args.checkpoint, **sizes,
         )
+    if name == "train.py":  # hparams/separators/convtasnet.yaml's defaults
+        return ConvTasNet(num_spks=args.num_spks, skip=False, bias=False, bf16_products="auto",
+                          checkpoint=args.checkpoint, **sizes)
     raise ValueError(f"unknown model {name!r}")
 
 
@@ -138,8 +146,24 @@ def time_models(names, args):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def process_settings(name):
+    """What ``train.py`` sets for the whole process before it trains (``train.py`` row)."""
+    if name in OWN_PROCESS:
+        from spksep_modules.allocator import keep_freed_memory
+
+        keep_freed_memory()
+
+
+def time_in_own_process(name, argv):
+    """``time_models([name])`` in a fresh interpreter with ``name``'s process settings."""
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--_time-of", name]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["seconds"]
+
+
 def measure_memory_here(name, args):
     """Peak memory in MB of a process that builds ``name`` and runs one warm step."""
+    process_settings(name)
     torch.manual_seed(0)
     model = build(name, args)
     step = make_step(model, args)
@@ -205,6 +229,7 @@ def parse_args(argv):
                    help=f"comma-separated subset of {','.join(MODELS)}")
     p.add_argument("--no-memory", action="store_true", help="skip the memory runs")
     p.add_argument("--_memory-of", dest="memory_of", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_time-of", dest="time_of", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device available")
@@ -224,10 +249,15 @@ def main(argv=None):
     if args.memory_of:
         print(json.dumps({"peak_mb": measure_memory_here(args.memory_of, args)}))
         return
+    if args.time_of:
+        process_settings(args.time_of)
+        print(json.dumps({"seconds": time_models([args.time_of], args)[args.time_of]}))
+        return
 
     names = args.names
     params = {n: count_params(build(n, args)) for n in names}
-    secs = time_models(names, args)
+    secs = time_models([n for n in names if n not in OWN_PROCESS], args)
+    secs.update({n: time_in_own_process(n, argv) for n in names if n in OWN_PROCESS})
     peak = {} if args.no_memory else {n: measure_memory(n, argv) for n in names}
 
     samples = int(args.seconds * args.sample_rate)

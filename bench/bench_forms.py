@@ -46,6 +46,8 @@ SIZES = {
     "small": dict(N=128, L=16, B=64, H=128, P=3, X=6, R=2),
     "paper": dict(N=512, L=16, B=128, H=512, P=3, X=8, R=3),
 }
+# The recipe's mask-network shape (hparams/separators/convtasnet.yaml: SpeechBrain's).
+SHAPE = dict(skip=False, bias=False)
 TRAIN = {"plain": (), "cpu_kernels": ("cpu_kernels",),
          "cpu_kernels+bf16_products": ("cpu_kernels", "bf16_products")}
 INFER = {"plain": (), "cpu_kernels": ("cpu_kernels",), "inference": ("inference",),
@@ -67,7 +69,7 @@ def train_step(model, mix, sources):
 
 def measure(size, batch, seconds, steps, rate=16000):
     torch.manual_seed(0)
-    model = ConvTasNet(**SIZES[size], cpu_kernels=False)
+    model = ConvTasNet(**SIZES[size], **SHAPE, cpu_kernels=False)
     mix = torch.randn(batch, int(seconds * rate))
     sources = torch.randn(batch, mix.shape[1], 2)
     long_mix = torch.randn(1, 4 * rate)
@@ -112,7 +114,7 @@ def one_process(what, size, malloc, threads, batch, seconds, reps):
             raise SystemExit("malloc tuning is not available here (glibc only)")
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = ConvTasNet(**SIZES[size])  # cpu_kernels on, as train.py builds it
+    model = ConvTasNet(**SIZES[size], **SHAPE)  # cpu_kernels on, as train.py builds it
     if what == "training step":
         mix = torch.randn(batch, int(seconds * 16000))
         sources = torch.randn(batch, mix.shape[1], 2)
