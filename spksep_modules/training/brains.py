@@ -79,20 +79,6 @@ class NonFiniteBrain(sb.Brain):
     whose loss went through ``self.nonfinite.check`` and was non-finite makes no update.
     Subclasses call ``super()`` in ``on_stage_start`` and ``on_fit_batch_start``."""
 
-    def _save_budget_snapshot(self, fraction):
-        """The separator's weights at ``fraction`` of the budget (``budget_snapshots``),
-        beside the run's checkpoints; written by the main process only."""
-        if not if_main_process():
-            return
-        folder = os.path.join(os.path.dirname(self.checkpointer.checkpoints_dir), "budget_snapshots")
-        os.makedirs(folder, exist_ok=True)
-        state = {"fraction": fraction, "steps": self.optimizer_step,
-                 "minutes": self.budget.spent_seconds / 60.0,
-                 "separator": unwrapped(self.modules.separator).state_dict()}
-        path = os.path.join(folder, f"at-{fraction:.3f}.ckpt")
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)  # a kill mid-write leaves no half file
-
     def on_stage_start(self, stage, epoch=None):
         if not hasattr(self, "nonfinite"):  # one policy per run: its count spans epochs
             self.nonfinite = SkipNonFinite(
@@ -423,20 +409,6 @@ class SpeakerIDBrain(NonFiniteBrain):
         losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
         return self.nonfinite.check(losses.mean(), losses, self.modules.parameters(),
                                     stage == sb.Stage.TRAIN)
-
-    def _save_budget_snapshot(self, fraction):
-        """The separator's weights at ``fraction`` of the budget (``budget_snapshots``),
-        beside the run's checkpoints; written by the main process only."""
-        if not if_main_process():
-            return
-        folder = os.path.join(os.path.dirname(self.checkpointer.checkpoints_dir), "budget_snapshots")
-        os.makedirs(folder, exist_ok=True)
-        state = {"fraction": fraction, "steps": self.optimizer_step,
-                 "minutes": self.budget.spent_seconds / 60.0,
-                 "separator": unwrapped(self.modules.separator).state_dict()}
-        path = os.path.join(folder, f"at-{fraction:.3f}.ckpt")
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)  # a kill mid-write leaves no half file
 
     def on_stage_start(self, stage, epoch=None):
         super().on_stage_start(stage, epoch)
