@@ -28,7 +28,10 @@ Variants (``--variants``), each changing one thing in one before it:
   (``spksep_modules.training.budget``; ``--optimizer_step_limit`` with ``--clock steps``), its
   validation (dev utterances cut to ``--valid_seconds``), checkpoints and best-checkpoint
   selection included in the budget, tested by the recipe itself; ``train.py+cooldown``
-  adds ``cooldown: 0.15``, ``train.py+lr2x+cooldown`` at twice the rate.
+  adds ``cooldown: 0.15``, ``train.py+lr2x+cooldown`` at twice the rate,
+  ``train.py+bf16auto+cooldown`` with ``bf16_products: auto`` (the recipe's defaults), and
+  ``train.py+paper-shape+cooldown`` with the paper's mask network (skip path, biases) in
+  place of the recipe's default (SpeechBrain's shape; ``ours`` in the plain loop has it too).
 - ``ours+ema``: ``ours``, evaluated with an exponential moving average of its weights
   (decay 0.99 per step, ``torch.optim.swa_utils``): it smooths the step-to-step noise of
   a constant-rate run.
