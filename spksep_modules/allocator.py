@@ -11,12 +11,13 @@ pipeline ran 1.6x faster on 8 s of audio (RTF 0.52 -> 0.32, 2 threads, fp32).
 Training gains the most: at the paper's sizes every activation of a batch of 4 x 3 s is
 49 MB (``[4, 512, 6000]``), above the threshold, and a step allocates hundreds of them, so
 ``train.py`` calls :func:`keep_freed_memory` too (yaml ``keep_freed_memory``, on by
-default): the training step at the paper's sizes took about half the time with it, at the
-small configuration about 0.8-0.9x (``bench/bench_forms.py``, both instruction sets).
+default): the training step at the paper's sizes (2 threads, AVX2 limits) took 0.45x the time
+with it (11.1 -> 5.0 s, ``bench/bench_convtasnet.py``), at the small configuration, whose
+activations are 8 MB, 0.93-0.94x (``bench/bench_forms.py``, both instruction sets).
 
 The price: freed blocks stay resident, and when a process allocates blocks of many
-different sizes the heap fragments and grows past the process's real peak (a training run's
-peak RSS grew by ~20% at the paper's sizes; ``docs/benchmarks.md``). A benchmark process
+different sizes the heap fragments and grows past the process's real peak (a process
+training at the paper's sizes peaked at 7.4 GB with it against 6.1 GB without). A benchmark process
 that timed SpeechBrain's and our training steps one after the other at the paper's sizes
 grew to 21 GB with it (OOM-killed on a 24 GB machine) against a 16 GB peak without, which
 is why benchmarks set it per process. A library import never calls it;

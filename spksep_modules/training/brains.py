@@ -145,8 +145,8 @@ class SeparationBrain(NonFiniteBrain):
         if self.batch_plan is not None:  # goes to the run's log.txt
             logger.info(self.batch_plan.describe())
         # Training steps allocate hundreds of same-sized activations: reuse their pages
-        # instead of page-faulting fresh ones (allocator.py; about half the step time at
-        # the paper's sizes on CPU).
+        # instead of page-faulting fresh ones (allocator.py; 0.45x the step time at the
+        # paper's sizes on CPU).
         if getattr(self.hparams, "keep_freed_memory", False) and keep_freed_memory():
             logger.info("allocator: freed large blocks are kept for reuse (keep_freed_memory; "
                         "SPKSEP_MALLOC=system or keep_freed_memory: False turns it off)")
