@@ -147,7 +147,8 @@ class SeparationBrain(NonFiniteBrain):
         # Training steps allocate hundreds of same-sized activations: reuse their pages
         # instead of page-faulting fresh ones (allocator.py; 0.45x the step time at the
         # paper's sizes on CPU).
-        if getattr(self.hparams, "keep_freed_memory", False) and keep_freed_memory():
+        wanted = getattr(getattr(self, "hparams", None), "keep_freed_memory", False)
+        if wanted and keep_freed_memory():
             logger.info("allocator: freed large blocks are kept for reuse (keep_freed_memory; "
                         "SPKSEP_MALLOC=system or keep_freed_memory: False turns it off)")
         super().on_fit_start()
