@@ -94,14 +94,11 @@ def measure(size, batch, seconds, steps, rate=16000):
     return rows
 
 
-# Process-wide settings: (name, keep_freed_memory, threads) per kind of work; the first of
-# each is what the rows are divided by.
-SETTINGS = {
-    "training step": [("glibc default, 1 thread", False, 1), ("malloc tuning, 1 thread", True, 1),
-                      ("glibc default, 2 threads", False, 2)],
-    "separation, 4 s": [("glibc default, 1 thread", False, 1),
-                        ("malloc tuning, 1 thread", True, 1), ("glibc default, 2 threads", False, 2)],
-}
+# Process-wide settings: (name, keep_freed_memory, threads), each timed for both kinds of
+# work; the first is what the rows are divided by.
+SETTINGS = [("glibc default, 1 thread", False, 1), ("malloc tuning, 1 thread", True, 1),
+            ("glibc default, 2 threads", False, 2)]
+WORK = ("training step", "separation, 4 s")
 
 
 def one_process(what, size, malloc, threads, batch, seconds, reps):
@@ -142,7 +139,8 @@ def measure_settings(size, batch, seconds, rounds, reps=3):
     """Rows for SETTINGS: each setting in its own process, the processes interleaved over
     ``rounds`` so that load from other programs hits them alike."""
     rows = []
-    for what, settings in SETTINGS.items():
+    settings = SETTINGS
+    for what in WORK:
         times = {name: [] for name, _, _ in settings}
         for _ in range(rounds):
             for name, malloc, threads in settings:
