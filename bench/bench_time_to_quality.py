@@ -313,7 +313,8 @@ def train_via_recipe(name, args):
             limit = [f"--optimizer_step_limit={int(budget)}"]
         else:
             limit = [f"--budget_minutes={budget}", f"--budget_clock={args.clock}"]
-        nearby = "[" + ",".join(f"{f:g}" for f in args.nearby) + "]"
+        fractions = "[" + ",".join(f"{f:g}" for f in snapshot_fractions(args)) + "]"
+        marks = "[" + ",".join(str(n) for n in args.equal_steps) + "]"
         command = [sys.executable, "train.py", "hparams/convtasnet.yaml",
                    f"--data_folder={data_folder(args)}", f"--output_folder={out}",
                    f"--sample_rate={args.sample_rate}", *sizes, f"--batch_size={args.batch}",
@@ -322,7 +323,8 @@ def train_via_recipe(name, args):
                    f"--valid_segment_seconds={args.valid_seconds}",
                    f"--cooldown={config.get('cooldown', 0.0)}",
                    f"--bf16_products={config.get('bf16_products', False)}",
-                   f"--budget_snapshots={nearby}", *config.get("overrides", []), *limit]
+                   f"--budget_snapshots={fractions}", f"--budget_snapshot_steps={marks}",
+                   *config.get("overrides", []), *limit]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
         proc = subprocess.run(command, cwd=RECIPE, env=env, capture_output=True, text=True)
         if proc.returncode:
@@ -331,33 +333,64 @@ def train_via_recipe(name, args):
             rows = list(csv.DictReader(f))
         steps, minutes = recipe_progress(os.path.join(out, "train_log.txt"))
         end = dict(fraction=1.0, steps=steps, **scores([r["mixture_ID"] for r in rows], rows))
-        points = [*recipe_snapshot_scores(out, args), end]
+        snapshots = recipe_snapshot_scores(out, args)
+        at = lambda fraction: snapshots[f"at-{round(fraction, 6):.3f}"]
         results.append(dict(budget_min=budget, steps=steps, train_minutes=minutes,
-                            **mean_of_points(points)))
+                            **mean_of_points([*(at(f) for f in sorted(args.nearby)), end])))
+        # the curve and the equal-step figure: the longest budget's run (where the bench's
+        # budgets come from a single run in the plain loop, too)
+        curve = [dict(curve_fraction=c, **mean_of_points([at(c * f) for f in (*args.nearby, 1.0)]))
+                 for c in sorted(args.curve)]
+        reached = [snapshots[f"step-{n}"] for n in args.equal_steps if f"step-{n}" in snapshots]
         print(f"[{name}] {brief(results[-1])}", flush=True)
-        write_results(name, config, args, results)
+        write_results(name, config, args, results, curve, equal_step_figure(reached, args))
+
+
+def snapshot_fractions(args):
+    """The fractions of a budget at which a ``train.py`` run keeps its weights: the
+    ``--nearby`` points, and each ``--curve`` point with its own nearby points.
+
+    Example
+    -------
+    >>> snapshot_fractions(argparse.Namespace(nearby=[0.9, 0.95], curve=[0.5]))
+    [0.45, 0.475, 0.5, 0.9, 0.95]
+    """
+    fractions = {round(f, 6) for f in args.nearby}
+    fractions |= {round(c * f, 6) for c in args.curve for f in (*args.nearby, 1.0)}
+    return sorted(fractions)
 
 
 def recipe_snapshot_scores(run, args):
-    """Test scores of the weights a ``train.py`` run kept at ``--nearby`` fractions of its
-    budget (``budget_snapshots``), with this file's evaluation (the recipe's metric code)."""
+    """Test scores of the weights a ``train.py`` run kept (``budget_snapshots``,
+    ``budget_snapshot_steps``), by snapshot name, with this file's evaluation (the recipe's
+    metric code); each point's ``fraction`` is the budget's share at its name."""
     import glob
 
     from spksep_modules.data.pipeline import build_datasets
     from spksep_modules.loading import load_separator
 
-    paths = sorted(glob.glob(os.path.join(run, "budget_snapshots", "at-*.ckpt")))
+    paths = sorted(glob.glob(os.path.join(run, "budget_snapshots", "*.ckpt")))
     if not paths:
-        return []
+        return {}
     test_set = build_datasets({"test": prepare_data(args)["test"]}, args.sample_rate, 2)["test"]
     model, _ = load_separator(run)
-    points = []
+    points = {}
     for path in paths:
         snapshot = torch.load(path, weights_only=True)
         model.load_state_dict(snapshot["separator"])
-        points.append(dict(fraction=snapshot["fraction"], steps=snapshot["steps"],
-                           **evaluate(model, test_set, args.sample_rate)))
+        name = snapshot["name"]
+        fraction = float(name[3:]) if name.startswith("at-") else snapshot["fraction"]
+        points[name] = dict(fraction=fraction, steps=snapshot["steps"],
+                            **evaluate(model, test_set, args.sample_rate))
     return points
+
+
+def equal_step_figure(points, args):
+    """The mean over the ``--equal_steps`` points (None unless the run reached them all:
+    two runs are compared at the same steps or not at all)."""
+    if not args.equal_steps or len(points) < len(args.equal_steps):
+        return None
+    return mean_of_points(points)
 
 
 def mean_of_points(points):
@@ -493,14 +526,27 @@ def train_variant(name, args):
     scale = 1.0 if args.clock == "steps" else 60.0  # budgets in steps, or minutes -> seconds
     budgets = sorted(scale * b for b in args.budgets)
     events = evaluation_points(budgets, args.nearby, cooldown)
+    # the learning curve: the run's weights (before any cool-down) near fractions of the
+    # longest budget, as a train.py run keeps them
+    events += [(c * f * budgets[-1], c, "curve", c * f) for c in sorted(args.curve)
+               for f in (*sorted(args.nearby), 1.0)]
+    events.sort(key=lambda event: event[0])
+    step_marks = sorted(args.equal_steps)
     points = {budget: [] for budget in budgets}
+    curve, at_steps_points = {c: [] for c in args.curve}, []
     results, steps, epoch = [], 0, 0
     clock = BudgetClock("cpu" if args.clock == "steps" else args.clock)
     spent = (lambda: steps) if args.clock == "steps" else clock.seconds
 
-    def score(budget, fraction, scored, at_steps):
-        points[budget].append(dict(fraction=fraction, steps=at_steps,
-                                   **evaluate(scored, test_set, args.sample_rate)))
+    def score(target, fraction, scored, at_steps):
+        target.append(dict(fraction=fraction, steps=at_steps,
+                           **evaluate(scored, test_set, args.sample_rate)))
+
+    def write():
+        curve_figures = [dict(curve_fraction=c, **mean_of_points(curve[c]))
+                         for c in sorted(curve) if len(curve[c]) == len(args.nearby) + 1]
+        write_results(name, config, args, results, curve_figures,
+                      equal_step_figure(at_steps_points, args))
 
     while events:
         epoch += 1
@@ -512,65 +558,102 @@ def train_variant(name, args):
             if averaged is not None:
                 averaged.update_parameters(model)
             steps += 1
+            while step_marks and steps >= step_marks[0]:
+                clock.pause()
+                score(at_steps_points, spent() / budgets[-1], model, step_marks.pop(0))
+                clock.resume()
             while events and spent() >= events[0][0]:
                 clock.pause()
                 _, budget, kind, fraction = events.pop(0)
                 scored, total_steps, last_loss = averaged.module if averaged is not None else model, steps, loss
-                if kind == "point":
-                    score(budget, fraction, scored, steps)
+                if kind == "curve":  # here ``budget`` is the curve's point
+                    score(curve[budget], fraction, scored, steps)
+                elif kind == "point":
+                    score(points[budget], fraction, scored, steps)
                 else:  # the cool-down copy: its compute is charged to this budget only
                     marks = [(f, f * budget - spent()) for f in args.nearby
                              if f * budget > (1.0 - cooldown) * budget]
                     scored, extra, branch_loss = cool_down(
                         model, optimiser, loss_fn, branch_loader, budget - spent(), args.clock,
-                        marks, lambda f, copy_, n: score(budget, f, copy_, steps + n))
+                        marks, lambda f, copy_, n: score(points[budget], f, copy_, steps + n))
                     total_steps += extra
                     last_loss = loss if branch_loss is None else branch_loss  # None: no room left
-                    score(budget, 1.0, scored, total_steps)
-                if points[budget] and points[budget][-1]["fraction"] == 1.0:  # its end: done
+                    score(points[budget], 1.0, scored, total_steps)
+                if kind != "curve" and points[budget] and points[budget][-1]["fraction"] == 1.0:
                     results.append(dict(budget_min=budget / scale, steps=total_steps,
                                         epochs=epoch, cpu_seconds=clock.seconds(),
                                         train_loss=float(last_loss.detach()),
                                         **mean_of_points(points[budget])))
                     print(f"[{name}] {brief(results[-1])}", flush=True)
-                    write_results(name, config, args, results)  # kept if a later budget is cut off
+                    write()  # kept if a later budget is cut off
                 clock.resume()
             if not events:
                 break
+    write()  # the curve's and the equal-step figure's last points
 
 
-def write_results(name, config, args, results):
+def write_results(name, config, args, results, curve=(), equal_steps=None):
+    """``results``: a figure per budget; ``curve``: a figure per ``--curve`` point of the
+    longest budget's run; ``equal_steps``: the figure at ``--equal_steps`` (or None)."""
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump(dict(variant=name, config=config, args=vars(args), results=results), f, indent=1)
+        json.dump(dict(variant=name, config=config, args=vars(args), results=results,
+                       curve=list(curve), equal_steps=equal_steps), f, indent=1)
 
 
 def table(args):
     """The results found in ``args.out``, a row per variant; a budget a variant did not
-    reach (cut off) shows as '-'."""
-    rows = {}
+    reach (cut off) shows as '-'. With ``--equal_steps``, a column at those steps; with
+    ``--curve``, a second table: the learning curve."""
+    runs = {}
     for name in args.variants:
         path = os.path.join(args.out, f"{name}.json")
         if os.path.isfile(path):
             with open(path) as f:
-                rows[name] = {r["budget_min"]: r for r in json.load(f)["results"]}
+                runs[name] = json.load(f)
+    rows = {name: {r["budget_min"]: r for r in run["results"]} for name, run in runs.items()}
     budgets = sorted(args.budgets)
     base = rows.get("speechbrain")
     unit = "steps" if args.clock == "steps" else "min"
     head = " | ".join(f"{b:g} {unit}: SI-SNRi (steps)" for b in budgets)
     where = " and ".join(f"{f:g}" for f in sorted(args.nearby))
     points = f"; each figure the mean of the test scores at {where} of the budget and at its end" if where else ""
+    marks = "/".join(str(n) for n in sorted(args.equal_steps))
+    steps_head = f" at {marks} steps: SI-SNRi, - SpeechBrain [95% paired CI] |" if marks else ""
     lines = [f"{args.clock} clock, {args.threads} thread(s) per variant, {args.jobs} at once{points}",
              f"| variant | {head} | STOI at {budgets[-1]:g} {unit} | x SpeechBrain at {budgets[-1]:g} {unit} "
-             f"| - SpeechBrain, dB [95% paired CI] |",
-             "|---|" + "---|" * (len(budgets) + 3)]
+             f"| - SpeechBrain, dB [95% paired CI] |{steps_head}",
+             "|---|" + "---|" * (len(budgets) + 3 + bool(marks))]
+    base_steps = (runs.get("speechbrain") or {}).get("equal_steps")
     for name, by_budget in rows.items():
         cells = [f"{by_budget[b]['si_snr_i']:.2f} ({by_budget[b]['steps']})" if b in by_budget
                  else "-" for b in budgets]
         last, base_last = by_budget.get(budgets[-1]), (base or {}).get(budgets[-1])
         stoi = f"{last['stoi']:.3f}" if last else "-"
         ratio = f"{last['si_snr_i'] / base_last['si_snr_i']:.2f}" if last and base_last else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {stoi} | {ratio} | "
-                     f"{paired_gain(last, base_last)} |")
+        line = (f"| {name} | " + " | ".join(cells) + f" | {stoi} | {ratio} | "
+                f"{paired_gain(last, base_last)} |")
+        if marks:
+            at_steps = runs[name].get("equal_steps")
+            line += (f" {at_steps['si_snr_i']:.2f}, {paired_gain(at_steps, base_steps)} |"
+                     if at_steps else " - |")
+        lines.append(line)
+    curves = {name: {p["curve_fraction"]: p for p in run.get("curve", [])} for name, run in runs.items()}
+    if args.curve and any(curves.values()):
+        longest, base_curve = budgets[-1], curves.get("speechbrain", {})
+        lines += ["", f"learning curve of the {longest:g}-{unit} runs (before any cool-down; each "
+                  "point the mean at its own nearby points): SI-SNRi (steps), - SpeechBrain [95% paired CI]",
+                  "| variant | " + " | ".join(f"{c * longest:g} {unit}" for c in sorted(args.curve))
+                  + f" | {longest:g} {unit} (the budget's figure) |",
+                  "|---|" + "---|" * (len(args.curve) + 1)]
+        for name, curve in curves.items():
+            cells = []
+            for c in sorted(args.curve):
+                p = curve.get(c)
+                cells.append(f"{p['si_snr_i']:.2f} ({p['points'][-1]['steps']}), "
+                             f"{paired_gain(p, base_curve.get(c))}" if p else "-")
+            last = rows[name].get(longest)
+            cells.append(f"{last['si_snr_i']:.2f} ({last['steps']})" if last else "-")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -614,6 +697,13 @@ def parse_args(argv):
     parser.add_argument("--nearby", type=float, nargs="*", default=[0.9, 0.95],
                         help="fractions of each budget also scored: a budget's figure is the "
                              "mean over these points and its end (none: the end alone)")
+    parser.add_argument("--curve", type=float, nargs="*", default=[],
+                        help="learning curve: fractions of the longest budget at which the run "
+                             "(before any cool-down) is also scored, each the mean over its own "
+                             "nearby points (say 0.25 0.5)")
+    parser.add_argument("--equal_steps", type=int, nargs="*", default=[],
+                        help="training steps at which every variant is also scored (say 760 800 "
+                             "840): a figure at equal steps beside the one at equal time")
     parser.add_argument("--train", default=None, help=argparse.SUPPRESS)  # one variant, here
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
     return parser.parse_args(argv)

@@ -134,7 +134,8 @@ def test_recipe_variant_runs_train_py_per_budget_and_pairs_with_the_plain_loop(t
     out = tmp_path / "out"
     argv = ["--data", data, "--out", str(out), "--sample_rate", "8000", "--clock", "steps",
             "--budgets", "4", "--segment", "0.5", "--valid_seconds", "0.5", "--nearby", "0.5",
-            "--variants", "speechbrain", "train.py+cooldown"]
+            "--curve", "0.5", "--equal_steps", "1", "3", "--variants", "speechbrain",
+            "train.py+cooldown"]
     args = ttq.parse_args(argv)
     os.makedirs(out)
     train_variants(ttq, args)
@@ -149,5 +150,20 @@ def test_recipe_variant_runs_train_py_per_budget_and_pairs_with_the_plain_loop(t
     assert recipe[0]["si_snr_i"] == pytest.approx(
         sum(p["si_snr_i"] for p in recipe[0]["points"]) / 2)
     assert (run / "budget_snapshots" / "at-0.500.ckpt").is_file()
-    table = ttq.table(args)
-    assert "| train.py+cooldown |" in table and "[" in table.splitlines()[-1]  # paired interval
+    # the learning curve at half the budget (the mean at 1/4 and 1/2 of it), and the figure
+    # at steps 1 and 3, from the same run; the plain loop scores the same points
+    runs = {name: json.loads((out / f"{name}.json").read_text()) for name in args.variants}
+    for name, run in runs.items():
+        (point,) = run["curve"]
+        assert point["curve_fraction"] == 0.5
+        assert [(p["fraction"], p["steps"]) for p in point["points"]] == [(0.25, 1), (0.5, 2)], name
+        assert [p["steps"] for p in run["equal_steps"]["points"]] == [1, 3], name
+        assert run["equal_steps"]["si_snr_i"] == pytest.approx(
+            sum(p["si_snr_i"] for p in run["equal_steps"]["points"]) / 2)
+    # the recipe's curve point at 1/2 is the snapshot its budget figure used too
+    assert runs["train.py+cooldown"]["curve"][0]["points"][1]["si_snr_i"] == recipe[0]["points"][0]["si_snr_i"]
+    table = ttq.table(args).splitlines()
+    row = next(line for line in table if line.startswith("| train.py+cooldown |"))
+    assert row.count("[") == 2  # paired intervals at equal time and at equal steps
+    assert "at 1/3 steps" in table[1] and any(line.startswith("learning curve") for line in table)
+    assert table[-1].startswith("| train.py+cooldown | ") and "(2), " in table[-1]

@@ -248,20 +248,20 @@ class SeparationBrain(NonFiniteBrain):
         if self.budget is not None:
             self.budget.tick()
             self.budget.scale_lr(self.optimizer, self.optimizer_step, self.step_limit)
-            for fraction in self.budget.due_snapshots(self.optimizer_step, self.step_limit):
-                self._save_budget_snapshot(fraction)
+            for name in self.budget.due_snapshots(self.optimizer_step, self.step_limit):
+                self._save_budget_snapshot(name)
 
-    def _save_budget_snapshot(self, fraction):
-        """The separator's weights at ``fraction`` of the budget (``budget_snapshots``),
-        beside the run's checkpoints; written by the main process only."""
+    def _save_budget_snapshot(self, name):
+        """The separator's weights now (``budget_snapshots``, ``budget_snapshot_steps``), as
+        ``<name>.ckpt`` beside the run's checkpoints; written by the main process only."""
         if not if_main_process():
             return
         folder = os.path.join(os.path.dirname(self.checkpointer.checkpoints_dir), "budget_snapshots")
         os.makedirs(folder, exist_ok=True)
-        state = {"fraction": fraction, "steps": self.optimizer_step,
-                 "minutes": self.budget.spent_seconds / 60.0,
+        state = {"name": name, "fraction": self.budget.fraction(self.optimizer_step, self.step_limit),
+                 "steps": self.optimizer_step, "minutes": self.budget.spent_seconds / 60.0,
                  "separator": unwrapped(self.modules.separator).state_dict()}
-        path = os.path.join(folder, f"at-{fraction:.3f}.ckpt")
+        path = os.path.join(folder, f"{name}.ckpt")
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)  # a kill mid-write leaves no half file
 

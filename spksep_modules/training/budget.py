@@ -23,6 +23,8 @@ less move it by tenths of a dB on real speech). ``snapshots`` names fractions of
 (say ``[0.9, 0.95]``) at which the separator's weights are also written to
 ``<output_folder>/budget_snapshots/``: the time-to-quality benchmark reports the mean of the
 test scores at those points and at the end (``bench/bench_time_to_quality.py``).
+``snapshot_steps`` does the same at optimiser-step counts (say ``[760, 800, 840]``), so two
+runs whose steps cost differently can be compared at equal steps as well as at equal time.
 """
 
 import time
@@ -51,6 +53,9 @@ class TrainingBudget:
     snapshots : list of float
         Fractions of the budget, in ``(0, 1)``, at which to keep a copy of the separator's
         weights (``due_snapshots`` says when; the Brain writes them).
+    snapshot_steps : list of int
+        Optimiser steps after which to keep a copy of the weights too (any run, budgeted
+        or not).
 
     Example
     -------
@@ -68,7 +73,7 @@ class TrainingBudget:
     spksep_modules.SpkSepError: budget_minutes: must be positive (or null for no time budget), got 0
     """
 
-    def __init__(self, minutes=None, clock="wall", cooldown=0.0, snapshots=()):
+    def __init__(self, minutes=None, clock="wall", cooldown=0.0, snapshots=(), snapshot_steps=()):
         if minutes is not None and not minutes > 0:
             raise SpkSepError(f"budget_minutes: must be positive (or null for no time budget), got {minutes}")
         if clock not in CLOCKS:
@@ -79,7 +84,10 @@ class TrainingBudget:
         if any(not 0 < f < 1 for f in snapshots):
             raise SpkSepError(f"budget_snapshots: fractions of the budget between 0 and 1, got {snapshots}")
         self.minutes, self.clock, self.cooldown = minutes, clock, float(cooldown)
-        self.snapshots, self.snapshots_taken = snapshots, []
+        steps = sorted(int(n) for n in (snapshot_steps or ()))
+        if any(n < 1 for n in steps):
+            raise SpkSepError(f"budget_snapshot_steps: optimiser step counts of at least 1, got {steps}")
+        self.snapshots, self.snapshot_steps, self.snapshots_taken = snapshots, steps, []
         self.spent_seconds = 0.0
         self.base_lrs = None  # the rates the cool-down scales (those a scheduler set last)
         self._last = None
@@ -139,18 +147,20 @@ class TrainingBudget:
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
 
     def due_snapshots(self, step=0, step_limit=None):
-        """The snapshot fractions passed since the last call (each is returned once).
+        """The names of the snapshots due since the last call (each is returned once):
+        ``at-0.900`` for a fraction of the budget, ``step-800`` for a step count.
 
         Example
         -------
-        >>> budget = TrainingBudget(snapshots=[0.9, 0.5])
+        >>> budget = TrainingBudget(snapshots=[0.9, 0.5], snapshot_steps=[6])
         >>> [budget.due_snapshots(step, step_limit=10) for step in (4, 5, 6, 10)]
-        [[], [0.5], [], [0.9]]
+        [[], ['at-0.500'], ['step-6'], ['at-0.900']]
         """
-        if not self.limited(step_limit):
-            return []
-        spent = self.fraction(step, step_limit)
-        due = [f for f in self.snapshots if f <= spent and f not in self.snapshots_taken]
+        names = [f"step-{n}" for n in self.snapshot_steps if step >= n]
+        if self.limited(step_limit):
+            spent = self.fraction(step, step_limit)
+            names += [f"at-{f:.3f}" for f in self.snapshots if f <= spent]
+        due = [name for name in names if name not in self.snapshots_taken]
         self.snapshots_taken += due
         return due
 
@@ -163,4 +173,6 @@ class TrainingBudget:
     def load(self, path, end_of_epoch=True):
         state = torch.load(path, weights_only=True)
         self.spent_seconds, self.base_lrs = state["spent_seconds"], state["base_lrs"]
-        self.snapshots_taken = list(state.get("snapshots_taken", []))
+        # runs saved before step snapshots kept the fractions themselves
+        self.snapshots_taken = [name if isinstance(name, str) else f"at-{name:.3f}"
+                                for name in state.get("snapshots_taken", [])]

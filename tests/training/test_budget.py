@@ -73,27 +73,44 @@ def test_step_budget_cools_down_stops_mid_epoch_and_a_rerun_trains_no_more(tmp_p
     assert rates == [] and (tmp_path / "train_log.txt").read_text().splitlines() == log
 
 
-def test_budget_snapshots_keep_the_weights_at_their_fractions_once(tmp_path):
-    budget = TrainingBudget(cooldown=0.5, snapshots=[0.75, 0.5])
+def test_budget_snapshots_keep_the_weights_at_their_fractions_and_steps_once(tmp_path):
+    budget = TrainingBudget(cooldown=0.5, snapshots=[0.75, 0.5], snapshot_steps=[3])
     brain, _ = make_brain(tmp_path, budget, step_limit=8)
     fit(brain)
     folder = tmp_path / "budget_snapshots"
     snaps = {p.name: torch.load(p, weights_only=True) for p in sorted(folder.glob("*.ckpt"))}
-    assert sorted(snaps) == ["at-0.500.ckpt", "at-0.750.ckpt"]
-    assert [snaps[n]["steps"] for n in sorted(snaps)] == [4, 6]  # before steps 5 and 7
+    assert sorted(snaps) == ["at-0.500.ckpt", "at-0.750.ckpt", "step-3.ckpt"]
+    # taken before steps 5 and 7, and after step 3; each knows where it was taken
+    assert [(snaps[n]["steps"], snaps[n]["fraction"]) for n in sorted(snaps)] == [
+        (4, 0.5), (6, 0.75), (3, 0.375)]
     final = brain.modules.separator.state_dict()
     for snap in snaps.values():  # a copy of the weights then, not a reference to them now
         assert set(snap["separator"]) == set(final)
         assert not torch.equal(snap["separator"]["encoder.weight"], final["encoder.weight"])
     assert not torch.equal(snaps["at-0.500.ckpt"]["separator"]["encoder.weight"],
                            snaps["at-0.750.ckpt"]["separator"]["encoder.weight"])
+    assert not torch.equal(snaps["step-3.ckpt"]["separator"]["encoder.weight"],
+                           snaps["at-0.500.ckpt"]["separator"]["encoder.weight"])
     # a resumed run knows which it has taken (none is written again)
-    resumed = TrainingBudget(cooldown=0.5, snapshots=[0.5, 0.75])
+    resumed = TrainingBudget(cooldown=0.5, snapshots=[0.5, 0.75], snapshot_steps=[3])
     again, _ = make_brain(tmp_path, resumed, step_limit=8)
     again.checkpointer.recover_if_possible()
-    assert resumed.snapshots_taken == [0.5, 0.75] and resumed.due_snapshots(8, 8) == []
+    assert sorted(resumed.snapshots_taken) == ["at-0.500", "at-0.750", "step-3"]
+    assert resumed.due_snapshots(8, 8) == []
     with pytest.raises(SpkSepError, match="budget_snapshots: fractions of the budget between 0 and 1"):
         TrainingBudget(minutes=5, snapshots=[1.0])
+    with pytest.raises(SpkSepError, match="budget_snapshot_steps: optimiser step counts of at least 1"):
+        TrainingBudget(snapshot_steps=[0])
+
+
+def test_step_snapshots_need_no_budget_and_old_saved_state_still_loads(tmp_path):
+    budget = TrainingBudget(snapshot_steps=[2])  # no minutes, no step limit
+    assert [budget.due_snapshots(step) for step in (1, 2, 3)] == [[], ["step-2"], []]
+    torch.save({"spent_seconds": 3.0, "base_lrs": None, "snapshots_taken": [0.9]},
+               tmp_path / "budget.ckpt")  # as runs before step snapshots saved it
+    old = TrainingBudget(minutes=1.0, snapshots=[0.9])
+    old.load(tmp_path / "budget.ckpt")
+    assert old.snapshots_taken == ["at-0.900"] and old.due_snapshots(0, 1) == []
 
 
 def test_minutes_budget_on_a_clock_and_resume_keeps_what_was_spent(tmp_path, monkeypatch):
