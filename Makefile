@@ -24,7 +24,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q --doctest-modules spksep_modules tests
 
 bench: $(STAMP)
-	$(PY) bench/bench.py
+	$(PY) bench/bench.py $(if $(DATA),--data $(DATA))
 
 clean:
 	rm -rf $(DEMO) bench/out

@@ -19,7 +19,8 @@
 7. Time to quality: SI-SNRi after 5, 10 and 20 CPU-minutes of training, ours (with and
    without its schedule and dynamic mixing) against SpeechBrain's Conv-TasNet, on the demo
    set (``bench_time_to_quality.py``; the longest part, ~40 minutes on 2 cores; findings
-   in ``bench/NOTES.md``).
+   in ``bench/NOTES.md``); ``--data /path/to/Libri2Mix`` (``make bench DATA=...``) runs it on
+   that folder instead, such as the real-speech set of ``make_real_dev.py``.
 
 Each part runs in its own process so that peak memory is measured per model. Ratios are
 what to read: absolute times depend on the machine and on what else it runs.
@@ -74,6 +75,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--isa", nargs="+", choices=list(ISA_LIMITS), default=list(ISA_LIMITS))
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS)
+    parser.add_argument("--data", default=None,
+                        help="a LibriMix-layout folder for the time-to-quality part (default: the demo set)")
     args = parser.parse_args(argv)
     for isa in args.isa:
         env = dict(os.environ, **ISA_LIMITS[isa])
@@ -81,7 +84,27 @@ def main(argv=None):
               flush=True)
         for part in args.parts:  # each script has its own options: run it alone with --help
             print(f"\n## {part} ({isa})\n", flush=True)
-            subprocess.run([sys.executable, os.path.join(HERE, part)], check=True, env=env)
+            options = part_options(part, args, isa)
+            subprocess.run([sys.executable, os.path.join(HERE, part), *options], check=True, env=env)
+
+
+def part_options(part, args, isa):
+    """What ``make bench`` passes to one part: ``--data`` to the time-to-quality part, with
+    an output folder per instruction set and data (so the two sets' results stay apart).
+
+    Example
+    -------
+    >>> args = argparse.Namespace(data="/d/Libri2Mix")
+    >>> part_options("bench_time_to_quality.py", args, "avx2")[:2]
+    ['--data', '/d/Libri2Mix']
+    >>> part_options("bench_rtf.py", args, "avx2")
+    []
+    """
+    if part != "bench_time_to_quality.py":
+        return []
+    name = "demo" if args.data is None else os.path.basename(os.path.normpath(args.data))
+    out = os.path.join(HERE, "out", f"time_to_quality-{name}-{isa}")
+    return ([] if args.data is None else ["--data", args.data]) + ["--out", out]
 
 
 if __name__ == "__main__":

@@ -78,7 +78,13 @@ def input_scores(data, workdir, sample_rate):
 
 
 def averaged(tables):
-    """Each mixture's scores averaged over runs (seeds): ``{id: {key: mean}}``."""
+    """Each mixture's scores averaged over runs (seeds): ``{id: {key: mean}}``.
+
+    Example
+    -------
+    >>> averaged([{"m": {"si_snr_i": 1.0, "stoi": 0.5}}, {"m": {"si_snr_i": "3.0", "stoi": 0.7}}])
+    {'m': {'si_snr_i': 2.0, 'stoi': 0.6}}
+    """
     ids = tables[0].keys()
     return {i: {key: sum(float(t[i][key]) for t in tables) / len(tables)
                 for key in ("si_snr_i", "stoi")} for i in ids}
