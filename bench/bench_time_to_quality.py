@@ -560,7 +560,8 @@ def train_variant(name, args):
             steps += 1
             while step_marks and steps >= step_marks[0]:
                 clock.pause()
-                score(at_steps_points, spent() / budgets[-1], model, step_marks.pop(0))
+                score(at_steps_points, spent() / budgets[-1],
+                      averaged.module if averaged is not None else model, step_marks.pop(0))
                 clock.resume()
             while events and spent() >= events[0][0]:
                 clock.pause()
