@@ -1,22 +1,15 @@
 """The perceptual-quality benchmark's report: the unprocessed mixtures' row, the average
 over seeds, and the paired table (its training runs are the recipe's, tested elsewhere)."""
 
-import importlib.util
-import os
-
 import pytest
 
+from bench_scripts import load_bench
 from spksep_modules.data.demo import make_demo_data
-
-BENCH = os.path.join(os.path.dirname(__file__), "..", "bench", "bench_perceptual_quality.py")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_perceptual_quality", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_perceptual_quality")
 
 
 def test_unprocessed_row_scores_the_mixture_itself(bench, tmp_path):

@@ -1,24 +1,19 @@
 """The time-to-quality benchmark runs end to end (a few steps, tiny data) and its
 learning-rate variants use the rates they name."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
 
+from bench_scripts import load_bench
 from spksep_modules.data.demo import make_demo_data
-
-BENCH = os.path.join(os.path.dirname(__file__), "..", "bench", "bench_time_to_quality.py")
 
 
 @pytest.fixture(scope="module")
 def ttq():
-    spec = importlib.util.spec_from_file_location("bench_time_to_quality", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_time_to_quality")
 
 
 @pytest.fixture
