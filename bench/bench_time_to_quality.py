@@ -301,42 +301,24 @@ def train_via_recipe(name, args):
     from scratch: its cool-down needs to know where it ends). The budget is charged from
     the start of ``fit`` to its end, validation and checkpoints included
     (``spksep_modules.training.budget``); the test is not. Data loading runs in the process
-    (``num_workers: 0``), as in the plain loop, so the CPU clock charges it."""
-    import csv
-
+    (``num_workers: 0``), as in the plain loop, so the CPU clock charges it. A budget's nearby
+    points are snapshots of its run, or with ``--nearby_runs`` (variants with a cool-down)
+    runs of their own that length. A run folder that holds a finished run is not trained
+    again: ``train.py`` only tests it again."""
     config = VARIANTS[name]
-    sizes = [f"--{key}={value}" for key, value in SIZES.items()]
     results = []
     for budget in sorted(args.budgets):
-        out = os.path.join(args.out, "recipe", f"{name}-seed{args.seed}-{budget:g}")
-        if args.clock == "steps":
-            limit = [f"--optimizer_step_limit={int(budget)}"]
-        else:
-            limit = [f"--budget_minutes={budget}", f"--budget_clock={args.clock}"]
-        fractions = "[" + ",".join(f"{f:g}" for f in snapshot_fractions(args)) + "]"
-        marks = "[" + ",".join(str(n) for n in args.equal_steps) + "]"
-        command = [sys.executable, "train.py", "hparams/convtasnet.yaml",
-                   f"--data_folder={data_folder(args)}", f"--output_folder={out}",
-                   f"--sample_rate={args.sample_rate}", *sizes, f"--batch_size={args.batch}",
-                   f"--segment_seconds={args.segment}", f"--lr={args.lr * config.get('lr_x', 1.0)}",
-                   f"--seed={args.seed}", "--num_workers=0", "--device=cpu", "--noprogressbar",
-                   f"--valid_segment_seconds={args.valid_seconds}",
-                   f"--cooldown={config.get('cooldown', 0.0)}",
-                   f"--bf16_products={config.get('bf16_products', False)}",
-                   f"--budget_snapshots={fractions}", f"--budget_snapshot_steps={marks}",
-                   *config.get("overrides", []), *limit]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
-        proc = subprocess.run(command, cwd=RECIPE, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"{name}: train.py failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        with open(os.path.join(out, "test_results.csv")) as f:
-            rows = list(csv.DictReader(f))
-        steps, minutes = recipe_progress(os.path.join(out, "train_log.txt"))
-        end = dict(fraction=1.0, steps=steps, **scores([r["mixture_ID"] for r in rows], rows))
+        end, steps, minutes, out = run_recipe(name, args, budget)
         snapshots = recipe_snapshot_scores(out, args)
         at = lambda fraction: snapshots[f"at-{round(fraction, 6):.3f}"]
+        if args.nearby_runs and config.get("cooldown"):
+            # a shorter run cools down by its own end, as the user's run of that length
+            # would; a snapshot at 0.9 of this run is halfway through its cool-down
+            nearby = [dict(run_recipe(name, args, f * budget)[0], fraction=f) for f in sorted(args.nearby)]
+        else:
+            nearby = [at(f) for f in sorted(args.nearby)]
         results.append(dict(budget_min=budget, steps=steps, train_minutes=minutes,
-                            **mean_of_points([*(at(f) for f in sorted(args.nearby)), end])))
+                            **mean_of_points([*nearby, end])))
         # the curve and the equal-step figure: the longest budget's run (where the bench's
         # budgets come from a single run in the plain loop, too)
         curve = [dict(curve_fraction=c, **mean_of_points([at(c * f) for f in (*args.nearby, 1.0)]))
@@ -344,6 +326,41 @@ def train_via_recipe(name, args):
         reached = [snapshots[f"step-{n}"] for n in args.equal_steps if f"step-{n}" in snapshots]
         print(f"[{name}] {brief(results[-1])}", flush=True)
         write_results(name, config, args, results, curve, equal_step_figure(reached, args))
+
+
+def run_recipe(name, args, budget):
+    """One ``train.py`` run of ``budget`` (minutes, or steps with ``--clock steps``); returns
+    its end point (test scores, with steps), its steps, its minutes and its folder."""
+    import csv
+
+    config = VARIANTS[name]
+    out = os.path.join(args.out, "recipe", f"{name}-seed{args.seed}-{round(budget, 6):g}")
+    if args.clock == "steps":
+        limit = [f"--optimizer_step_limit={int(budget)}"]
+    else:
+        limit = [f"--budget_minutes={budget}", f"--budget_clock={args.clock}"]
+    fractions = "[" + ",".join(f"{f:g}" for f in snapshot_fractions(args)) + "]"
+    marks = "[" + ",".join(str(n) for n in args.equal_steps) + "]"
+    sizes = [f"--{key}={value}" for key, value in SIZES.items()]
+    command = [sys.executable, "train.py", "hparams/convtasnet.yaml",
+               f"--data_folder={data_folder(args)}", f"--output_folder={out}",
+               f"--sample_rate={args.sample_rate}", *sizes, f"--batch_size={args.batch}",
+               f"--segment_seconds={args.segment}", f"--lr={args.lr * config.get('lr_x', 1.0)}",
+               f"--seed={args.seed}", "--num_workers=0", "--device=cpu", "--noprogressbar",
+               f"--valid_segment_seconds={args.valid_seconds}",
+               f"--cooldown={config.get('cooldown', 0.0)}",
+               f"--bf16_products={config.get('bf16_products', False)}",
+               f"--budget_snapshots={fractions}", f"--budget_snapshot_steps={marks}",
+               *config.get("overrides", []), *limit]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
+    proc = subprocess.run(command, cwd=RECIPE, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{name}: train.py failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    with open(os.path.join(out, "test_results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    steps, minutes = recipe_progress(os.path.join(out, "train_log.txt"))
+    end = dict(fraction=1.0, steps=steps, **scores([r["mixture_ID"] for r in rows], rows))
+    return end, steps, minutes, out
 
 
 def snapshot_fractions(args):
@@ -698,6 +715,10 @@ def parse_args(argv):
     parser.add_argument("--nearby", type=float, nargs="*", default=[0.9, 0.95],
                         help="fractions of each budget also scored: a budget's figure is the "
                              "mean over these points and its end (none: the end alone)")
+    parser.add_argument("--nearby_runs", action="store_true",
+                        help="train.py variants with a cool-down: each nearby point is a run of "
+                             "that length (cooled down by its own end), not a snapshot inside "
+                             "the cool-down of the budget's run")
     parser.add_argument("--curve", type=float, nargs="*", default=[],
                         help="learning curve: fractions of the longest budget at which the run "
                              "(before any cool-down) is also scored, each the mean over its own "

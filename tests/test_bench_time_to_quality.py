@@ -162,3 +162,25 @@ def test_recipe_variant_runs_train_py_per_budget_and_pairs_with_the_plain_loop(t
     assert row.count("[") == 2  # paired intervals at equal time and at equal steps
     assert "at 1/3 steps" in table[1] and any(line.startswith("learning curve") for line in table)
     assert table[-1].startswith("| train.py+cooldown | ") and "(2), " in table[-1]
+
+
+def test_nearby_runs_end_their_own_cool_down(ttq, data, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    os.makedirs(out)
+    monkeypatch.setitem(ttq.VARIANTS, "train.py+cooldown", {**ttq.VARIANTS["train.py+cooldown"], "cooldown": 0.5})
+    args = ttq.parse_args(["--data", data, "--out", str(out), "--sample_rate", "8000", "--clock",
+                           "steps", "--budgets", "6", "--segment", "0.5", "--valid_seconds", "0.5",
+                           "--nearby", "0.5", "--nearby_runs", "--variants", "train.py+cooldown"])
+    train_variants(ttq, args)
+    (result,) = json.loads((out / "train.py+cooldown.json").read_text())["results"]
+    # the point at half the budget is a 3-step run of its own, cooled down by its end ...
+    short = out / "recipe" / "train.py+cooldown-seed0-3"
+    assert ttq.recipe_progress(str(short / "train_log.txt"))[0] == 3
+    assert [(p["fraction"], p["steps"]) for p in result["points"]] == [(0.5, 3), (1.0, 6)]
+    rows = (short / "test_results.csv").read_text().splitlines()[1:]
+    own_end = sum(float(r.split(",")[2]) for r in rows) / len(rows)
+    assert result["points"][0]["si_snr_i"] == pytest.approx(own_end)
+    # ... not the 6-step run's snapshot at step 3, taken before that run's cool-down began
+    snapshot = ttq.recipe_snapshot_scores(str(out / "recipe" / "train.py+cooldown-seed0-6"), args)
+    assert snapshot["at-0.500"]["steps"] == 3
+    assert snapshot["at-0.500"]["si_snr_i"] != pytest.approx(result["points"][0]["si_snr_i"])
