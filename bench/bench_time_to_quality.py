@@ -8,7 +8,11 @@ with the same metric code (``spksep_modules.metrics.evaluate_mixture``) on the w
 utterances each time its clock passes a budget. A budget's figure is the mean of the test
 scores at a few nearby points (``--nearby``: 0.9 and 0.95 of the budget, and its end), so the
 exact stopping step does not decide it; a ``train.py`` run keeps its weights at those points
-(``budget_snapshots``). Evaluation is not charged to the clock.
+(``budget_snapshots``). Evaluation is not charged to the clock. For a run with a cool-down,
+0.9 of the budget is halfway through the cool-down, weights no user would keep: with
+``--nearby_runs`` a ``train.py`` variant's nearby points are runs of their own length
+instead (18, 19 and 20 minutes, each cooled down by its end). ``--curve`` adds points of the
+learning curve and ``--equal_steps`` a figure at equal steps, from the same runs.
 
 Variants (``--variants``), each changing one thing in one before it:
 
