@@ -407,11 +407,12 @@ def recipe_snapshot_scores(run, args):
 
 
 def equal_step_figure(points, args):
-    """The mean over the ``--equal_steps`` points (None unless the run reached them all:
-    two runs are compared at the same steps or not at all)."""
-    if not args.equal_steps or len(points) < len(args.equal_steps):
+    """The mean over the ``--equal_steps`` points the run reached (None if it reached none);
+    ``complete`` says whether it reached them all: the table compares two runs at the same
+    steps or not at all, and a run cut short keeps what it reached for the record."""
+    if not args.equal_steps or not points:
         return None
-    return mean_of_points(points)
+    return dict(complete=len(points) == len(args.equal_steps), **mean_of_points(points))
 
 
 def mean_of_points(points):
@@ -656,8 +657,11 @@ def table(args):
                 f"{paired_gain(last, base_last)} |")
         if marks:
             at_steps = runs[name].get("equal_steps")
-            line += (f" {at_steps['si_snr_i']:.2f}, {paired_gain(at_steps, base_steps)} |"
-                     if at_steps else " - |")
+            if at_steps and at_steps.get("complete", True):
+                both = base_steps and base_steps.get("complete", True)
+                line += f" {at_steps['si_snr_i']:.2f}, {paired_gain(at_steps, base_steps) if both else '-'} |"
+            else:
+                line += " - (not all reached) |" if at_steps else " - |"
         lines.append(line)
     curves = {name: {p["curve_fraction"]: p for p in run.get("curve", [])} for name, run in runs.items()}
     if args.curve and any(curves.values()):

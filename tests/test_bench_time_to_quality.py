@@ -155,6 +155,12 @@ def test_recipe_variant_runs_train_py_per_budget_and_pairs_with_the_plain_loop(t
         assert [p["steps"] for p in run["equal_steps"]["points"]] == [1, 3], name
         assert run["equal_steps"]["si_snr_i"] == pytest.approx(
             sum(p["si_snr_i"] for p in run["equal_steps"]["points"]) / 2)
+        assert run["equal_steps"]["complete"]
+    # a run that stopped short of a mark keeps what it reached, marked incomplete
+    reached = runs["speechbrain"]["equal_steps"]["points"][:1]
+    reached[0]["per_mixture"] = runs["speechbrain"]["equal_steps"]["per_mixture"]
+    partial = ttq.equal_step_figure(reached, args)
+    assert not partial["complete"] and [p["steps"] for p in partial["points"]] == [1]
     # the recipe's curve point at 1/2 is the snapshot its budget figure used too
     assert runs["train.py+cooldown"]["curve"][0]["points"][1]["si_snr_i"] == recipe[0]["points"][0]["si_snr_i"]
     table = ttq.table(args).splitlines()
