@@ -102,14 +102,20 @@ def test_cool_down_trains_a_copy_at_a_rate_falling_to_zero(ttq, tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in copy.named_parameters())
 
 
+def half_cooled(ttq, monkeypatch, variant, tmp_path, data, *argv):
+    """Parsed arguments for a step-clock run of tiny data in ``tmp_path/out``, with
+    ``variant``'s cool-down set to half of each budget."""
+    monkeypatch.setitem(ttq.VARIANTS, variant, {**ttq.VARIANTS[variant], "cooldown": 0.5})
+    os.makedirs(tmp_path / "out")
+    return ttq.parse_args(["--data", data, "--out", str(tmp_path / "out"), "--sample_rate", "8000",
+                           "--clock", "steps", "--segment", "0.5", *argv])
+
+
 def test_cooldown_variant_scores_a_branch_at_each_budget(ttq, data, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    os.makedirs(out)
     # half of each budget in the branch: at 2 and 4 steps, branches off steps 1 and 2
-    monkeypatch.setitem(ttq.VARIANTS, "ours+cooldown", {**ttq.VARIANTS["ours+cooldown"], "cooldown": 0.5})
-    args = ttq.parse_args(["--data", data, "--out", str(out), "--sample_rate", "8000", "--clock",
-                           "steps", "--budgets", "2", "4", "--segment", "0.5", "--variants",
-                           "ours", "ours+cooldown", "--nearby", "0.75"])
+    args = half_cooled(ttq, monkeypatch, "ours+cooldown", tmp_path, data, "--budgets", "2", "4",
+                       "--variants", "ours", "ours+cooldown", "--nearby", "0.75")
     train_variants(ttq, args)
     ours, cooled = (json.loads((out / f"{name}.json").read_text())["results"]
                     for name in args.variants)
@@ -172,11 +178,9 @@ def test_recipe_variant_runs_train_py_per_budget_and_pairs_with_the_plain_loop(t
 
 def test_nearby_runs_end_their_own_cool_down(ttq, data, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    os.makedirs(out)
-    monkeypatch.setitem(ttq.VARIANTS, "train.py+cooldown", {**ttq.VARIANTS["train.py+cooldown"], "cooldown": 0.5})
-    args = ttq.parse_args(["--data", data, "--out", str(out), "--sample_rate", "8000", "--clock",
-                           "steps", "--budgets", "6", "--segment", "0.5", "--valid_seconds", "0.5",
-                           "--nearby", "0.5", "--nearby_runs", "--variants", "train.py+cooldown"])
+    args = half_cooled(ttq, monkeypatch, "train.py+cooldown", tmp_path, data, "--budgets", "6",
+                       "--valid_seconds", "0.5", "--nearby", "0.5", "--nearby_runs", "--variants",
+                       "train.py+cooldown")
     train_variants(ttq, args)
     (result,) = json.loads((out / "train.py+cooldown.json").read_text())["results"]
     # the point at half the budget is a 3-step run of its own, cooled down by its end ...
