@@ -139,19 +139,18 @@ def measure_settings(size, batch, seconds, rounds, reps=3):
     """Rows for SETTINGS: each setting in its own process, the processes interleaved over
     ``rounds`` so that load from other programs hits them alike."""
     rows = []
-    settings = SETTINGS
     for what in WORK:
-        times = {name: [] for name, _, _ in settings}
+        times = {name: [] for name, _, _ in SETTINGS}
         for _ in range(rounds):
-            for name, malloc, threads in settings:
+            for name, malloc, threads in SETTINGS:
                 out = subprocess.run(
                     [sys.executable, os.path.abspath(__file__), "--_one", json.dumps(
                         [what, size, malloc, threads, batch, seconds, reps])],
                     check=True, capture_output=True, text=True).stdout
                 times[name].append(json.loads(out.strip().splitlines()[-1]))
-        base_wall = statistics.median(w for w, _ in times[settings[0][0]])
-        base_cpu = statistics.median(c for _, c in times[settings[0][0]])
-        for name, _, _ in settings:
+        base_wall = statistics.median(w for w, _ in times[SETTINGS[0][0]])
+        base_cpu = statistics.median(c for _, c in times[SETTINGS[0][0]])
+        for name, _, _ in SETTINGS:
             wall = statistics.median(w for w, _ in times[name])
             cpu = statistics.median(c for _, c in times[name])
             rows.append((size, what, name, wall, wall / base_wall, cpu, cpu / base_cpu))

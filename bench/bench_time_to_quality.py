@@ -313,9 +313,13 @@ def train_via_recipe(name, args):
     results = []
     for budget in sorted(args.budgets):
         end, steps, minutes, out = run_recipe(name, args, budget)
-        snapshots = recipe_snapshot_scores(out, args)
+        own_runs = args.nearby_runs and config.get("cooldown")
+        fractions = [c * f for c in args.curve for f in (*args.nearby, 1.0)]
+        fractions += [] if own_runs else list(args.nearby)
+        wanted = {f"at-{round(f, 6):.3f}" for f in fractions} | {f"step-{n}" for n in args.equal_steps}
+        snapshots = recipe_snapshot_scores(out, args, wanted)  # each scoring is a test pass
         at = lambda fraction: snapshots[f"at-{round(fraction, 6):.3f}"]
-        if args.nearby_runs and config.get("cooldown"):
+        if own_runs:
             # a shorter run cools down by its own end, as the user's run of that length
             # would; a snapshot at 0.9 of this run is halfway through its cool-down
             nearby = [dict(run_recipe(name, args, f * budget)[0], fraction=f) for f in sorted(args.nearby)]
@@ -381,16 +385,19 @@ def snapshot_fractions(args):
     return sorted(fractions)
 
 
-def recipe_snapshot_scores(run, args):
+def recipe_snapshot_scores(run, args, names=None):
     """Test scores of the weights a ``train.py`` run kept (``budget_snapshots``,
     ``budget_snapshot_steps``), by snapshot name, with this file's evaluation (the recipe's
-    metric code); each point's ``fraction`` is the budget's share at its name."""
+    metric code); each point's ``fraction`` is the budget's share at its name. ``names``:
+    score only these (None: every snapshot)."""
     import glob
 
     from spksep_modules.data.pipeline import build_datasets
     from spksep_modules.loading import load_separator
 
     paths = sorted(glob.glob(os.path.join(run, "budget_snapshots", "*.ckpt")))
+    if names is not None:
+        paths = [p for p in paths if os.path.basename(p)[:-len(".ckpt")] in names]
     if not paths:
         return {}
     test_set = build_datasets({"test": prepare_data(args)["test"]}, args.sample_rate, 2)["test"]
