@@ -135,4 +135,7 @@ def build(description: dict):
             return [rebuild(v) for v in value]
         return value
 
-    return cls(**{k: rebuild(v) for k, v in description["args"].items()})
+    # Arguments added after a description was written take the value that reproduces the
+    # module it described (the class's ``absent_args``), not today's default.
+    args = {**getattr(cls, "absent_args", {}), **description["args"]}
+    return cls(**{k: rebuild(v) for k, v in args.items()})

@@ -28,11 +28,15 @@ def _need_ckpt(name: str, ckpt):
 
 @keeps_global_rng
 def build_representation(name: str, ckpt=None, sample_rate: int = 16000, output: str = "c",
-                         layer=None) -> Frozen:
+                         layer=None, level_dbfs=None) -> Frozen:
     """Frozen frame-level representation: ``wav [N, T]`` -> ``[N, frames, dim]``.
 
     ``output`` picks wav2vec 1.0's encoder (``z``) or context (``c``) features; ``layer``
-    picks a transformer layer of the wav2vec 2.0 family (default: the last).
+    picks a transformer layer of the wav2vec 2.0 family (default: the last). ``level_dbfs``
+    (GE2E only, see ``spksep_modules.speakers.build_speaker_net``): the yamls set -30. The
+    others do not see the input's level (wav2vec 1.0's and the group-norm encoders' norms,
+    the layer-norm ones' waveform normalisation), which matters because SI-SNR leaves a
+    separator's output level free.
 
     Example
     -------
@@ -44,7 +48,7 @@ def build_representation(name: str, ckpt=None, sample_rate: int = 16000, output:
     if name == "ge2e":  # weights ship with the resemblyzer package: no file needed
         from spksep_modules.speakers.ge2e import load_ge2e
 
-        return Frozen(load_ge2e(ckpt), 16000, sample_rate)
+        return Frozen(load_ge2e(ckpt, level_dbfs=level_dbfs), 16000, sample_rate)
     if name == "wav2vec1":
         from spksep_modules.features.wav2vec1 import load_wav2vec1
 

@@ -27,8 +27,12 @@ def _need_ckpt(name: str, ckpt):
 
 
 @keeps_global_rng
-def build_speaker_net(name: str, ckpt=None, sample_rate: int = 16000) -> Frozen:
+def build_speaker_net(name: str, ckpt=None, sample_rate: int = 16000, level_dbfs=None) -> Frozen:
     """Frozen speaker embedder with ``embed(wav [N, T]) -> [N, dim]`` and ``embedding_dim``.
+
+    ``level_dbfs`` (GE2E only): the level GE2E scales each waveform to before its
+    level-sensitive front end; the yamls set -30 (``ge2e_level_dbfs``). None, the raw level,
+    is what run folders written before that key rebuild with, as they were trained.
 
     Example
     -------
@@ -40,7 +44,7 @@ def build_speaker_net(name: str, ckpt=None, sample_rate: int = 16000) -> Frozen:
     if name == "ge2e":
         from spksep_modules.speakers.ge2e import load_ge2e
 
-        net = load_ge2e(ckpt)
+        net = load_ge2e(ckpt, level_dbfs=level_dbfs)
     elif name == "rawnet2":
         from spksep_modules.speakers.rawnet2 import load_rawnet2
 

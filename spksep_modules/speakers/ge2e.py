@@ -17,9 +17,16 @@ Both trace and export as they are: ``embed`` counts and cuts its partials with t
 operations on the input's length (a trace made on 0.5 s works at 3 s), and while a graph
 is traced or exported the front end's STFT is a convolution (ONNX has no complex STFT).
 
-What is *not* reproduced: resemblyzer's ``preprocess_wav`` (volume normalisation to
--30 dBFS and VAD trimming of long silences). Callers pass the raw waveform; results equal
-``embed_utterance`` called directly on that waveform, i.e. with VAD off.
+Input level: resemblyzer's ``preprocess_wav`` raises quiet input to -30 dBFS before the
+network, which was trained at that level: its front end is a linear power mel with no
+logarithm, so the LSTM's outputs move with the input's level. Here every waveform is scaled
+to ``level_dbfs`` (-30, both ways; differentiable) in ``frames`` and ``embed``, so neither
+depends on the input's level. That matters for separators trained on SI-SNR, which leaves
+their output level free: on real speech a Conv-TasNet's estimates came out 37 dB above
+their sources, and distances between GE2E features of the raw estimates and the sources
+measured that level, not the speech (bench/NOTES.md). ``level_dbfs=None`` keeps the raw
+level. Not reproduced: resemblyzer's VAD trimming of long silences; results equal
+``embed_utterance`` called on the waveform scaled to -30 dBFS.
 
 The weights are read from the package's ``pretrained.pt`` without importing resemblyzer
 itself (which would import librosa and webrtcvad): see ``load_ge2e``.
@@ -48,6 +55,9 @@ HIDDEN = 256
 EMBEDDING = 256
 LAYERS = 3
 PARTIAL_FRAMES = 160  # 1.6 s of frames per partial utterance
+LEVEL_DBFS = -30.0  # audio_norm_target_dBFS: the input level the network was trained at
+# Mean power (-100 dBFS) below which a waveform counts as silent and is not raised further.
+SILENCE = 1e-10
 
 
 class GE2EFrontEnd(nn.Module):
@@ -182,14 +192,17 @@ class GE2E(Configurable, nn.Module):
     """GE2E speaker encoder: mel front end, 3-layer LSTM, linear + ReLU.
 
     Parameter names are resemblyzer's (``lstm.*``, ``linear.*``), so its ``pretrained.pt``
-    loads as is (see ``load_ge2e``). The network works on raw 16 kHz audio: no volume
-    normalisation and no VAD (see the module docstring).
+    loads as is (see ``load_ge2e``). The network works on 16 kHz audio, each waveform
+    scaled to ``level_dbfs`` first; no VAD (see the module docstring).
 
     Arguments
     ---------
     rate, min_coverage : float
         How ``embed`` cuts an utterance into partials; defaults are resemblyzer's
         ``embed_utterance`` defaults (see ``partial_starts``).
+    level_dbfs : float or None
+        Mean power every waveform is scaled to (dB re full scale) before the front end:
+        resemblyzer's -30, the level the network was trained at. None: the raw level.
 
     Example
     -------
@@ -197,18 +210,25 @@ class GE2E(Configurable, nn.Module):
     >>> wav = torch.randn(2, 16000)
     >>> net.frames(wav).shape, net.embed(wav).shape
     (torch.Size([2, 101, 256]), torch.Size([2, 256]))
+    >>> bool(torch.allclose(net.frames(1000 * wav), net.frames(wav), atol=1e-5))  # any level
+    True
     """
 
     sample_rate = SAMPLE_RATE
     embedding_dim = EMBEDDING
     feature_dim = HIDDEN
+    # A description written before ``level_dbfs`` existed rebuilds the raw-level network it
+    # was trained with (``configurable.build``).
+    absent_args = {"level_dbfs": None}
 
-    def __init__(self, rate: float = 1.3, min_coverage: float = 0.75):
+    def __init__(self, rate: float = 1.3, min_coverage: float = 0.75,
+                 level_dbfs: Optional[float] = LEVEL_DBFS):
         super().__init__()
         _check_coverage(min_coverage)
         _partial_step(rate)
         self.rate = rate
         self.min_coverage = min_coverage
+        self.level_dbfs = level_dbfs
         self.mel = GE2EFrontEnd()
         self.lstm = nn.LSTM(N_MELS, HIDDEN, LAYERS, batch_first=True)
         self.linear = nn.Linear(HIDDEN, EMBEDDING)
@@ -237,6 +257,14 @@ class GE2E(Configurable, nn.Module):
         if wav.dim() != 2:
             raise ValueError(f"GE2E expects wav [batch, time], got shape {tuple(wav.shape)}")
 
+    def at_level(self, wav: torch.Tensor) -> torch.Tensor:
+        """``wav [batch, time]``, each waveform scaled to ``level_dbfs`` mean power (as is
+        with ``level_dbfs=None``; a silent one stays silent)."""
+        if self.level_dbfs is None:
+            return wav
+        power = wav.pow(2).mean(dim=-1, keepdim=True)
+        return wav * torch.sqrt(10.0 ** (self.level_dbfs / 10.0) / power.clamp_min(SILENCE))
+
     def frames(self, wav: torch.Tensor) -> torch.Tensor:
         """``wav [batch, time]`` at 16 kHz -> last-layer LSTM outputs ``[batch, frames, 256]``.
 
@@ -244,7 +272,7 @@ class GE2E(Configurable, nn.Module):
         partials: a frame-level representation for losses, not the embedding path.
         """
         self._check(wav)
-        out, _ = self.lstm(self.mel(wav))
+        out, _ = self.lstm(self.mel(self.at_level(wav)))
         return out
 
     def _embed_partials(self, mels: torch.Tensor) -> torch.Tensor:
@@ -265,6 +293,7 @@ class GE2E(Configurable, nn.Module):
         length, which a trace keeps general.
         """
         self._check(wav)
+        wav = self.at_level(wav)
         step = _partial_step(self.rate)
         length = _length(wav)
         starts = torch.arange(_partial_count(length, step, self.min_coverage)) * step
@@ -301,8 +330,9 @@ def packaged_weights() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "pretrained.pt"
 
 
-def load_ge2e(path: Optional[Union[str, Path]] = None) -> GE2E:
-    """A pretrained ``GE2E`` in eval mode.
+def load_ge2e(path: Optional[Union[str, Path]] = None,
+              level_dbfs: Optional[float] = LEVEL_DBFS) -> GE2E:
+    """A pretrained ``GE2E(level_dbfs=level_dbfs)`` in eval mode.
 
     Arguments
     ---------
@@ -335,7 +365,7 @@ def load_ge2e(path: Optional[Union[str, Path]] = None) -> GE2E:
     if not isinstance(state, dict):
         raise SpkSepError(f"{path}: not a GE2E checkpoint (no state dict inside)")
 
-    net = GE2E()
+    net = GE2E(level_dbfs=level_dbfs)
     state = {k: v for k, v in state.items() if k.startswith(("lstm.", "linear."))}
     check_state_dict(net, state, path, "a GE2E checkpoint")
     net.load_state_dict(state)

@@ -27,6 +27,7 @@ from speechbrain.utils.distributed import if_main_process
 from spksep_modules.allocator import keep_freed_memory
 from spksep_modules.metrics import evaluate_mixture, pesq_mode
 from spksep_modules.models.fused import fuse_for_inference
+from spksep_modules.training.cpu_load import warn_if_oversubscribed
 from spksep_modules.training.global_batch import plan_batches
 from spksep_modules.training.nonfinite import SkipNonFinite
 
@@ -148,6 +149,8 @@ class SeparationBrain(NonFiniteBrain):
         # instead of page-faulting fresh ones (allocator.py; 0.45x the step time at the
         # paper's sizes on CPU).
         wanted = getattr(getattr(self, "hparams", None), "keep_freed_memory", False)
+        if str(self.device).startswith("cpu"):
+            warn_if_oversubscribed()  # other programs on the cores: a 20x slower run
         if wanted and keep_freed_memory():
             logger.info("allocator: freed large blocks are kept for reuse (keep_freed_memory; "
                         "SPKSEP_MALLOC=system or keep_freed_memory: False turns it off)")

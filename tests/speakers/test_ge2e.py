@@ -40,6 +40,11 @@ def speech_like(seconds: float, f0: float, seed: int) -> np.ndarray:
     return (0.3 * out / np.abs(out).max()).astype(np.float32)
 
 
+def at_minus_30_dbfs(wav: np.ndarray) -> np.ndarray:
+    """The level resemblyzer's ``preprocess_wav`` raises quiet input to (here both ways)."""
+    return (wav * np.sqrt(10 ** (-30 / 10) / np.mean(wav.astype(np.float64) ** 2))).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def net():
     torch.set_num_threads(1)
@@ -80,8 +85,8 @@ def test_partials_match_resemblyzer(num_samples):
 @pytest.mark.parametrize("seconds, f0", [(3.7, 120.0), (1.0, 210.0)])  # 1 s: under one partial
 def test_embedding_matches_resemblyzer(net, voice_encoder, seconds, f0):
     wav = speech_like(seconds, f0, seed=int(f0))
-    # embed_utterance on the raw wav: resemblyzer's path with preprocess_wav (VAD) skipped.
-    ref = voice_encoder.embed_utterance(wav)
+    # embed_utterance at -30 dBFS: resemblyzer's path with preprocess_wav's VAD skipped.
+    ref = voice_encoder.embed_utterance(at_minus_30_dbfs(wav))
     with torch.no_grad():
         ours = net.embed(torch.from_numpy(wav)[None])[0].numpy()
     cosine = float(ours @ ref / np.linalg.norm(ours) / np.linalg.norm(ref))
@@ -92,7 +97,7 @@ def test_embedding_matches_resemblyzer(net, voice_encoder, seconds, f0):
 
 def test_frames_are_lstm_outputs_on_resemblyzer_mel(net, voice_encoder):
     wav = speech_like(1.2, 150.0, seed=3)
-    mel = torch.from_numpy(rz_audio.wav_to_mel_spectrogram(wav))[None]
+    mel = torch.from_numpy(rz_audio.wav_to_mel_spectrogram(at_minus_30_dbfs(wav)))[None]
     with torch.no_grad():
         ref, _ = voice_encoder.lstm(mel)
         ours = net.frames(torch.from_numpy(wav)[None])
@@ -170,3 +175,28 @@ def test_not_a_checkpoint(tmp_path):
     with pytest.raises(SpkSepError, match="notes.pt: not a readable torch checkpoint") as err:
         load_ge2e(path)
     assert "\n" not in str(err.value)
+
+
+def test_features_do_not_depend_on_the_input_level(net):
+    """A separator trained on SI-SNR outputs at any level: GE2E must not see it."""
+    wav = torch.from_numpy(speech_like(2.0, 130.0, seed=5))[None]
+    with torch.no_grad():
+        for gain in (1e-3, 75.0):  # 75: where a real-speech Conv-TasNet's estimates came out
+            torch.testing.assert_close(net.frames(gain * wav), net.frames(wav), atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(net.embed(gain * wav), net.embed(wav), atol=1e-5, rtol=1e-4)
+        assert torch.isfinite(net.frames(torch.zeros(1, 3200))).all()  # silence stays silent
+
+
+def test_raw_level_on_request(net):
+    """``level_dbfs=None``: the raw waveform, as resemblyzer's network sees it unscaled."""
+    raw = GE2E(level_dbfs=None)
+    raw.load_state_dict(net.state_dict())
+    raw.eval()
+    wav = speech_like(1.2, 150.0, seed=3)
+    mel = torch.from_numpy(rz_audio.wav_to_mel_spectrogram(wav))[None]
+    with torch.no_grad():
+        ref, _ = raw.lstm(mel)
+        ours = raw.frames(torch.from_numpy(wav)[None])
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+        louder = raw.frames(75.0 * torch.from_numpy(wav)[None])
+    assert float((louder - ours).abs().max()) > 0.1  # the level shows without the scaling

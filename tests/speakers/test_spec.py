@@ -34,10 +34,17 @@ def test_rawnet2_round_trips():
 def test_ge2e_round_trips():
     net = GE2E(rate=2.0, min_coverage=0.5)
     description = spec(net)
-    assert description["args"] == {"rate": 2.0, "min_coverage": 0.5}
+    assert description["args"] == {"rate": 2.0, "min_coverage": 0.5, "level_dbfs": -30.0}
     rebuilt = build(description)
     same_architecture(net, rebuilt)
-    assert (rebuilt.rate, rebuilt.min_coverage) == (2.0, 0.5)
+    assert (rebuilt.rate, rebuilt.min_coverage, rebuilt.level_dbfs) == (2.0, 0.5, -30.0)
+
+
+def test_a_description_older_than_an_argument_rebuilds_what_it_described():
+    # written before GE2E scaled its input: the raw-level network a model was trained with
+    old = {"class": "spksep_modules.speakers.ge2e.GE2E", "args": {"rate": 1.3, "min_coverage": 0.75}}
+    assert build(old).level_dbfs is None
+    assert build({**old, "args": {**old["args"], "level_dbfs": -20.0}}).level_dbfs == -20.0
 
 
 def test_frozen_wrapper_round_trips_with_its_network():

@@ -66,7 +66,8 @@ def resemblyzer_starts(n_samples, rate=1.3, min_coverage=0.75):
 
 def reference_ge2e_embed(net, wav, starts):
     """``embed_utterance``'s steps, one partial at a time: pad to the last partial's end,
-    embed each partial, average, normalise."""
+    embed each partial, average, normalise (the waveform first at GE2E's input level)."""
+    wav = net.at_level(wav)
     end = (starts[-1] + 160) * 160
     if end > wav.shape[-1]:
         wav = F.pad(wav, (0, end - wav.shape[-1]))
