@@ -314,9 +314,8 @@ def train_via_recipe(name, args):
     for budget in sorted(args.budgets):
         end, steps, minutes, out = run_recipe(name, args, budget)
         own_runs = args.nearby_runs and config.get("cooldown")
-        fractions = [c * f for c in args.curve for f in (*args.nearby, 1.0)]
-        fractions += [] if own_runs else list(args.nearby)
-        wanted = {f"at-{round(f, 6):.3f}" for f in fractions} | {f"step-{n}" for n in args.equal_steps}
+        wanted = {f"at-{f:.3f}" for f in snapshot_fractions(args, nearby=not own_runs)}
+        wanted |= {f"step-{n}" for n in args.equal_steps}
         snapshots = recipe_snapshot_scores(out, args, wanted)  # each scoring is a test pass
         at = lambda fraction: snapshots[f"at-{round(fraction, 6):.3f}"]
         if own_runs:
@@ -371,16 +370,19 @@ def run_recipe(name, args, budget):
     return end, steps, minutes, out
 
 
-def snapshot_fractions(args):
+def snapshot_fractions(args, nearby=True):
     """The fractions of a budget at which a ``train.py`` run keeps its weights: the
-    ``--nearby`` points, and each ``--curve`` point with its own nearby points.
+    ``--nearby`` points (unless ``nearby`` is False: with ``--nearby_runs`` they are runs of
+    their own), and each ``--curve`` point with its own nearby points.
 
     Example
     -------
     >>> snapshot_fractions(argparse.Namespace(nearby=[0.9, 0.95], curve=[0.5]))
     [0.45, 0.475, 0.5, 0.9, 0.95]
+    >>> snapshot_fractions(argparse.Namespace(nearby=[0.9, 0.95], curve=[0.5]), nearby=False)
+    [0.45, 0.475, 0.5]
     """
-    fractions = {round(f, 6) for f in args.nearby}
+    fractions = {round(f, 6) for f in args.nearby} if nearby else set()
     fractions |= {round(c * f, 6) for c in args.curve for f in (*args.nearby, 1.0)}
     return sorted(fractions)
 
