@@ -17,6 +17,10 @@ same parameters and state-dict keys, same function. The kernels serve CPU tensor
 autocast) the subclasses run the plain layers' PyTorch ops. The tests check that both
 agree, values and gradients.
 
+Below these two functions sit compiled kernels (``nnet.native``: the same maths fused into
+one or two passes per activation, built on first use); where they cannot be built, the
+PyTorch spelling here runs. Both are tested against the plain layers.
+
 The one opt-in that changes numerics is separate: the form ``bf16_products`` makes the
 1x1 convolutions multiply in bf16 in training steps (:class:`PointwiseConvBF16Function`,
 fp32 everywhere else), the part of a step that native bf16 (AMX) speeds up.
@@ -25,6 +29,7 @@ fp32 everywhere else), the part of a step that native bf16 (AMX) speeds up.
 import torch
 import torch.nn.functional as F
 
+from spksep_modules.nnet import native
 from spksep_modules.nnet.forms import form_of
 from spksep_modules.nnet.layers import DepthwiseConv1d, PReLUGLN
 
@@ -71,6 +76,10 @@ class PReLUGLNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, alpha, gamma, beta, eps):
+        if native.usable(x) and alpha.numel() == 1:
+            y, mean, rstd = native.tcn_kernels().prelu_gln_forward(x, float(alpha), gamma, beta, eps)
+            ctx.save_for_backward(x, alpha, gamma, mean, rstd)
+            return y
         batch, C, T = x.shape
         y = F.prelu(x, alpha)
         flat = y.view(batch, C * T)
@@ -90,6 +99,10 @@ class PReLUGLNFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, alpha, gamma, mean, rstd = ctx.saved_tensors
         grad = grad.contiguous()
+        if native.usable(x) and native.usable(grad) and alpha.numel() == 1:
+            dx, grad_alpha, grad_gamma, grad_beta = native.tcn_kernels().prelu_gln_backward(
+                x, grad, float(alpha), gamma, mean, rstd)
+            return dx, grad_alpha, grad_gamma, grad_beta, None
         batch, C, T = x.shape
         n = C * T
         yc = F.prelu(x, alpha).sub_(mean[:, None, None])  # y - mean
@@ -134,6 +147,11 @@ class DepthwiseConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.dilation, ctx.has_bias = dilation, bias is not None
+        if native.usable(x):
+            return native.tcn_kernels().depthwise_forward(
+                x, weight[:, 0, :], bias if bias is not None else x.new_empty(0), dilation)
         T = x.shape[-1]
         w = weight[:, 0, :]  # [C, P]
         half = (w.shape[1] - 1) // 2
@@ -146,14 +164,16 @@ class DepthwiseConvFunction(torch.autograd.Function):
                 continue
             dst, src = shifted(y, x, off)
             dst.addcmul_(src, w[:, k, None])
-        ctx.save_for_backward(x, weight)
-        ctx.dilation, ctx.has_bias = dilation, bias is not None
         return y
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
+        if native.usable(x) and native.usable(grad):
+            dx, grad_w, grad_bias = native.tcn_kernels().depthwise_backward(
+                x, grad, weight[:, 0, :], ctx.dilation, ctx.has_bias)
+            return dx, grad_w[:, None, :], grad_bias if ctx.has_bias else None, None
         T = x.shape[-1]
         w = weight[:, 0, :]
         P = w.shape[1]
