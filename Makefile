@@ -15,6 +15,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	-$(VENV)/bin/spksep kernels  # compiled CPU kernels, once per machine (optional: a failure leaves the PyTorch ones)
 	touch $(STAMP)
 
 demo: $(STAMP)

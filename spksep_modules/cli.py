@@ -54,6 +54,15 @@ def _export(args):
     print(export_run(args.run, args.format, args.out, example_seconds=args.example_seconds))
 
 
+def _kernels(args):
+    from spksep_modules.nnet import native
+
+    ready = native.tcn_kernels() is not None
+    print(f"compiled TCN kernels for {native.capability()}: "
+          + ("ready" if ready else "not available (the PyTorch kernels run instead)"))
+    return 0 if ready else 1
+
+
 def _package(args):
     from spksep_modules.deploy.package import package_run
 
@@ -186,6 +195,10 @@ def build_parser():
                    help="which figures (default: all); 'curves' alone needs only train_log.txt, "
                         "so it works on runs still training")
     p.set_defaults(func=_plot)
+
+    p = sub.add_parser("kernels", help="build the compiled CPU kernels for this machine now "
+                                       "(training builds them on first use otherwise)")
+    p.set_defaults(func=_kernels)
     return parser
 
 

@@ -8,8 +8,8 @@ forward and backward take ~0.4x the time (``bench/bench_forms.py``).
 
 The kernels are compiled with PyTorch's C++ extension builder (a C++ compiler and ninja;
 about a minute, once per machine and instruction set: the build is cached in
-``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``). ``python -m
-spksep_modules.nnet.native`` builds them ahead, so the first training run does not wait.
+``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``). ``spksep kernels`` builds
+them ahead, so the first training run does not wait.
 They are built for the instruction set PyTorch's own CPU kernels use
 (``torch.backends.cpu.get_cpu_capability()``, which honours ``ATEN_CPU_CAPABILITY``), so
 a run limited to AVX2 measures what an AVX2-only CPU would run.
@@ -22,6 +22,7 @@ set ``SPKSEP_NATIVE_KERNELS=1``, to retry.
 """
 
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -82,8 +83,19 @@ def _build_name(level: str) -> str:
     return f"spksep_tcn_{level.lower()}_{digest}"
 
 
+def _cpp_extension():
+    """``torch.utils.cpp_extension``, imported without its CUDA_HOME warning (CPU code only)."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level, logger.level = logger.level, logging.ERROR
+    try:
+        import torch.utils.cpp_extension as cpp
+    finally:
+        logger.setLevel(level)
+    return cpp
+
+
 def _marker(name: str) -> str:
-    from torch.utils.cpp_extension import _get_build_directory
+    _get_build_directory = _cpp_extension()._get_build_directory
 
     return os.path.join(_get_build_directory(name, verbose=False), "BUILD_FAILED")
 
@@ -127,8 +139,6 @@ def tcn_kernels():
             warnings.warn(f"spksep: compiled TCN kernels off ({why}); the PyTorch kernels run instead",
                           stacklevel=2)
         return None
-    from torch.utils.cpp_extension import load
-
     name = _build_name(level)
     marker = _marker(name)
     retry = os.environ.get("SPKSEP_NATIVE_KERNELS", "").strip() == "1"
@@ -138,7 +148,8 @@ def tcn_kernels():
         return None
     _with_venv_ninja()
     try:
-        module = load(name=name, sources=[SOURCE], extra_cflags=build_flags(level), verbose=False)
+        module = _cpp_extension().load(name=name, sources=[SOURCE], extra_cflags=build_flags(level),
+                                       verbose=False)
     except Exception as error:  # noqa: BLE001 - any build failure leaves the PyTorch kernels
         reason = " ".join(str(error).split())[:300]
         try:
@@ -160,8 +171,3 @@ def usable(x: torch.Tensor) -> bool:
     return (x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()
             and tcn_kernels() is not None)
 
-
-if __name__ == "__main__":  # python -m spksep_modules.nnet.native: build ahead of training
-    mod = tcn_kernels()
-    print(f"compiled TCN kernels for {capability()}: " + ("ready" if mod is not None else "not available"))
-    sys.exit(0 if mod is not None else 1)

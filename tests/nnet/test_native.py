@@ -165,3 +165,14 @@ def test_flags_follow_the_instruction_set_pytorch_uses():
     assert not any(f.startswith("-mavx") for f in native.build_flags("DEFAULT"))
     # one build per instruction set: an AVX2-limited run does not load the AVX-512 build
     assert native._build_name("AVX2") != native._build_name("AVX512")
+
+
+def test_spksep_kernels_builds_them_or_says_why(monkeypatch, capsys):
+    from spksep_modules.cli import main
+
+    assert main(["kernels"]) == (0 if KERNELS is not None else 1)
+    assert native.capability() in capsys.readouterr().out
+    monkeypatch.setenv("SPKSEP_NATIVE_KERNELS", "0")
+    monkeypatch.setattr(native, "_loaded", {})
+    assert main(["kernels"]) == 1
+    assert "not available" in capsys.readouterr().out
