@@ -4,9 +4,10 @@ For the small Conv-TasNet of the time-to-quality runs (N128 L16 B64 H128 P3 X6 R
 paper's sizes, one thread:
 
 * training step (forward, SI-SNR-like loss, backward) of the plain layers, the
-  ``cpu_kernels`` form, and ``cpu_kernels`` + ``bf16_products``;
-* separation (no autograd, one 4 s mixture) of the plain layers, ``cpu_kernels`` and the
-  ``inference`` form (gLN folded).
+  ``cpu_kernels`` form with its PyTorch kernels and with the compiled ones (``nnet.native``,
+  where they build), and ``cpu_kernels`` + ``bf16_products``;
+* separation (no autograd, one 4 s mixture) of the plain layers, ``cpu_kernels`` (both
+  kernels) and the ``inference`` form (gLN folded).
 
 Then the process-wide settings, each run in fresh processes (they cannot be undone in one):
 
@@ -26,6 +27,7 @@ model and flags printed above each table.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -40,6 +42,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from spksep_modules.models import ConvTasNet  # noqa: E402
+from spksep_modules.nnet import native  # noqa: E402
 from spksep_modules.nnet.forms import as_form  # noqa: E402
 
 SIZES = {
@@ -48,10 +51,13 @@ SIZES = {
 }
 # The recipe's mask-network shape (hparams/separators/convtasnet.yaml: SpeechBrain's).
 SHAPE = dict(skip=False, bias=False)
-TRAIN = {"plain": (), "cpu_kernels": ("cpu_kernels",),
+# "cpu_kernels" runs the compiled kernels where they build (nnet.native); the row marked
+# "PyTorch kernels" runs the same form with them off (what a machine without a compiler gets).
+PYTORCH_KERNELS = "cpu_kernels, PyTorch kernels"
+TRAIN = {"plain": (), PYTORCH_KERNELS: ("cpu_kernels",), "cpu_kernels": ("cpu_kernels",),
          "cpu_kernels+bf16_products": ("cpu_kernels", "bf16_products")}
-INFER = {"plain": (), "cpu_kernels": ("cpu_kernels",), "inference": ("inference",),
-         "cpu_kernels+inference": ("cpu_kernels", "inference")}
+INFER = {"plain": (), PYTORCH_KERNELS: ("cpu_kernels",), "cpu_kernels": ("cpu_kernels",),
+         "inference": ("inference",), "cpu_kernels+inference": ("cpu_kernels", "inference")}
 
 
 def timed(fn, reps):
@@ -59,6 +65,11 @@ def timed(fn, reps):
     for _ in range(reps):
         fn()
     return (time.thread_time() - start) / reps
+
+
+def kernels_for(name):
+    """Turns the compiled kernels off for the "PyTorch kernels" row (the others run them)."""
+    return native.disabled() if name == PYTORCH_KERNELS else contextlib.nullcontext()
 
 
 def train_step(model, mix, sources):
@@ -79,11 +90,12 @@ def measure(size, batch, seconds, steps, rate=16000):
     for _ in range(steps + 1):  # the first round warms up
         for name, forms in TRAIN.items():
             as_form(model, *forms)
-            train[name].append(timed(lambda: train_step(model, mix, sources), 1))
+            with kernels_for(name):
+                train[name].append(timed(lambda: train_step(model, mix, sources), 1))
             model.zero_grad(set_to_none=True)
         for name, forms in INFER.items():
             view = as_form(model, *forms)
-            with torch.no_grad():
+            with torch.no_grad(), kernels_for(name):
                 infer[name].append(timed(lambda: view(long_mix), 1))
     as_form(model)
     for kind, table in (("training step", train), ("separation, 4 s", infer)):

@@ -21,6 +21,7 @@ marker file beside the build) so that later processes do not try again; delete i
 set ``SPKSEP_NATIVE_KERNELS=1``, to retry.
 """
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -163,6 +164,25 @@ def tcn_kernels():
         return None
     _loaded[level] = module
     return module
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within the block, this process runs the PyTorch kernels (benchmarks compare the two).
+
+    Example
+    -------
+    >>> with disabled():
+    ...     tcn_kernels() is None
+    True
+    """
+    level = capability()
+    kept = tcn_kernels()
+    _loaded[level] = None
+    try:
+        yield
+    finally:
+        _loaded[level] = kept
 
 
 def usable(x: torch.Tensor) -> bool:
