@@ -22,6 +22,7 @@ set ``SPKSEP_NATIVE_KERNELS=1``, to retry.
 """
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -46,6 +47,7 @@ BASE_FLAGS = ["-O3", "-fopenmp-simd", "-fno-trapping-math"]
 _loaded = {}  # capability -> module or None, per process
 
 
+@functools.lru_cache(maxsize=None)
 def capability() -> str:
     """The instruction-set level the kernels are built for: PyTorch's CPU capability
     (``AVX512``, ``AVX2``, ... ; ``ATEN_CPU_CAPABILITY`` lowers it), or ``DEFAULT`` off
@@ -162,6 +164,8 @@ def tcn_kernels():
         warnings.warn(f"spksep: compiled TCN kernels could not be built ({reason}); "
                       "the PyTorch kernels run instead", stacklevel=2)
         return None
+    if os.path.exists(marker):  # a retry that built: later processes need not skip it
+        os.remove(marker)
     _loaded[level] = module
     return module
 

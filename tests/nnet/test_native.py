@@ -150,13 +150,16 @@ def test_a_failed_build_warns_once_falls_back_and_is_not_retried(monkeypatch, tm
         warnings.simplefilter("always")
         assert native.tcn_kernels() is None
     assert len(calls) == 1 and any("failed before" in str(w.message) for w in caught)
-    # Unless asked to retry.
+    # Unless asked to retry; a retry that builds removes the marker.
     monkeypatch.setenv("SPKSEP_NATIVE_KERNELS", "1")
     monkeypatch.setattr(native, "_loaded", {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         native.tcn_kernels()
-    assert len(calls) == 2
+    assert len(calls) == 2 and os.path.exists(marker)
+    monkeypatch.setattr(cpp, "load", lambda **kwargs: calls.append(kwargs["name"]) or "module")
+    monkeypatch.setattr(native, "_loaded", {})
+    assert native.tcn_kernels() == "module" and not os.path.exists(marker)
 
 
 def test_flags_follow_the_instruction_set_pytorch_uses():
