@@ -139,7 +139,7 @@ def loudness_meter(sample_rate):
 
 
 def split_utterances(csv_path, num_spks, sample_rate):
-    """The sources of a ``prepare_librimix`` CSV as utterances, one per utterance ID.
+    """The sources of a ``prepare_librimix`` CSV as utterances, one per source file.
 
     Arguments
     ---------
@@ -152,7 +152,12 @@ def split_utterances(csv_path, num_spks, sample_rate):
     Returns
     -------
     list of Utterance
-        In CSV order; an utterance in several mixtures comes once, as its longest copy.
+        In CSV order. An utterance in several mixtures comes once per mixture: a data set
+        that reuses an utterance cuts it at another place each time (``min`` mode cuts it
+        where its partner ends), and every copy is speech the static split trains on. (One
+        copy per utterance ID drew from a fraction of the speech on such a set: on the
+        real-speech development set, 171 windows of the 1,600 sources, and dynamic mixing
+        lost 0.8 dB to the static split there; ``bench/NOTES.md``.)
 
     Example
     -------
@@ -160,12 +165,13 @@ def split_utterances(csv_path, num_spks, sample_rate):
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     with open(os.path.join(tmp, "train.csv"), "w") as f:
     ...         _ = f.write("ID,duration,mix_wav,s1_wav,s2_wav,spk1,spk2\\n"
-    ...                     "19-198-0001_26-495-0002,0.5,m.wav,a.wav,b.wav,19,26\\n")
+    ...                     "19-198-0001_26-495-0002,0.5,m.wav,a.wav,b.wav,19,26\\n"
+    ...                     "19-198-0001_40-222-0003,0.25,n.wav,c.wav,d.wav,19,40\\n")
     ...     [(u.utt_id, u.path, u.speaker, u.num_samples)
     ...      for u in split_utterances(os.path.join(tmp, "train.csv"), 2, 8000)]
-    [('19-198-0001', 'a.wav', '19', 4000), ('26-495-0002', 'b.wav', '26', 4000)]
+    [('19-198-0001', 'a.wav', '19', 4000), ('26-495-0002', 'b.wav', '26', 4000), ('19-198-0001', 'c.wav', '19', 2000), ('40-222-0003', 'd.wav', '40', 2000)]
     """
-    by_id = {}
+    by_path = {}
     rows = _csv_rows(csv_path)
     for row in rows:
         utt_ids = row.get("ID", "").split("_")
@@ -174,10 +180,11 @@ def split_utterances(csv_path, num_spks, sample_rate):
         speakers = speakers_from_mixture_id("_".join(utt_ids), num_spks, csv_path)
         num_samples = int(round(float(row["duration"]) * sample_rate))
         for k, (utt_id, speaker) in enumerate(zip(utt_ids, speakers)):
-            old = by_id.get(utt_id)
+            path = row[f"s{k + 1}_wav"]
+            old = by_path.get(path)  # a CSV listing one file twice gives it once
             if old is None or num_samples > old.num_samples:
-                by_id[utt_id] = Utterance(utt_id, row[f"s{k + 1}_wav"], speaker, num_samples)
-    return list(by_id.values())
+                by_path[path] = Utterance(utt_id, path, speaker, num_samples)
+    return list(by_path.values())
 
 
 def folder_utterances(folder, sample_rate):

@@ -418,3 +418,21 @@ def test_conditioning_trains_with_dynamic_mixing(demo, dm_baseline, tmp_path):
            f"--output_folder={out}", "--speaker_net=ge2e", "--stack_channels=8", "--film_hidden=16",
            *[a for a in TINY if a.split("=")[0] not in SIZE_KEYS]])
     assert "valid si_snr_intermediate" in check_dm_run(out)
+
+
+def test_an_utterance_reused_by_the_split_is_drawn_from_every_copy(tmp_path):
+    """A split that cuts one utterance at different places in different mixtures (the
+    real-speech development set does) offers all of that speech to dynamic mixing."""
+    rng = np.random.default_rng(0)
+    rows = ["ID,duration,mix_wav,s1_wav,s2_wav"]
+    partners = ["26-495-0002", "40-222-0003", "87-111-0004"]
+    for i, partner in enumerate(partners):
+        for name in (f"a{i}", f"b{i}"):
+            sf.write(tmp_path / f"{name}.wav", 0.05 * rng.standard_normal(SR), SR)
+        rows.append(f"19-198-0001_{partner},1.0,m.wav,{tmp_path}/a{i}.wav,{tmp_path}/b{i}.wav")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    utts = split_utterances(str(tmp_path / "train.csv"), 2, SR)
+    assert sum(u.utt_id == "19-198-0001" for u in utts) == 3
+    data = dataset(utts, epoch_mixtures=60)
+    drawn = {u.path for i in range(len(data)) for u in data.mixer.draw(i)[0] if u.speaker == "19"}
+    assert drawn == {f"{tmp_path}/a{i}.wav" for i in range(3)}
