@@ -35,7 +35,9 @@ Variants (``--variants``), each changing one thing in one before it:
   adds ``cooldown: 0.15``, ``train.py+lr2x+cooldown`` at twice the rate,
   ``train.py+bf16auto+cooldown`` with ``bf16_products: auto`` (the recipe's defaults), and
   ``train.py+paper-shape+cooldown`` with the paper's mask network (skip path, biases) in
-  place of the recipe's default (SpeechBrain's shape; ``ours`` in the plain loop has it too).
+  place of the recipe's default (SpeechBrain's shape; ``ours`` in the plain loop has it too);
+  ``train.py+bf16auto+dm-split+cooldown`` adds dynamic mixing at the training split's levels
+  (``dynamic_mixing: True``, ``dm_loudness: train_split``).
 - ``ours+ema``: ``ours``, evaluated with an exponential moving average of its weights
   (decay 0.99 per step, ``torch.optim.swa_utils``): it smooths the step-to-step noise of
   a constant-rate run.
