@@ -76,8 +76,11 @@ class PReLUGLNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, alpha, gamma, beta, eps):
-        if native.usable(x) and alpha.numel() == 1:
-            y, mean, rstd = native.tcn_kernels().prelu_gln_forward(x, float(alpha), gamma, beta, eps)
+        # The backward takes the forward's path: their saved statistics differ (the
+        # compiled kernel keeps the mean in float64).
+        ctx.kernels = native.tcn_kernels() if native.usable(x) and alpha.numel() == 1 else None
+        if ctx.kernels is not None:
+            y, mean, rstd = ctx.kernels.prelu_gln_forward(x, float(alpha), gamma, beta, eps)
             ctx.save_for_backward(x, alpha, gamma, mean, rstd)
             return y
         batch, C, T = x.shape
@@ -99,10 +102,11 @@ class PReLUGLNFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, alpha, gamma, mean, rstd = ctx.saved_tensors
         grad = grad.contiguous()
-        if native.usable(x) and native.usable(grad) and alpha.numel() == 1:
-            dx, grad_alpha, grad_gamma, grad_beta = native.tcn_kernels().prelu_gln_backward(
+        if ctx.kernels is not None and grad.dtype == torch.float32:
+            dx, grad_alpha, grad_gamma, grad_beta = ctx.kernels.prelu_gln_backward(
                 x, grad, float(alpha), gamma, mean, rstd)
             return dx, grad_alpha, grad_gamma, grad_beta, None
+        mean, rstd = mean.to(x.dtype), rstd.to(x.dtype)
         batch, C, T = x.shape
         n = C * T
         yc = F.prelu(x, alpha).sub_(mean[:, None, None])  # y - mean
@@ -149,8 +153,9 @@ class DepthwiseConvFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, dilation):
         ctx.save_for_backward(x, weight)
         ctx.dilation, ctx.has_bias = dilation, bias is not None
-        if native.usable(x):
-            return native.tcn_kernels().depthwise_forward(
+        ctx.kernels = native.tcn_kernels() if native.usable(x) else None
+        if ctx.kernels is not None:
+            return ctx.kernels.depthwise_forward(
                 x, weight[:, 0, :], bias if bias is not None else x.new_empty(0), dilation)
         T = x.shape[-1]
         w = weight[:, 0, :]  # [C, P]
@@ -170,8 +175,8 @@ class DepthwiseConvFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        if native.usable(x) and native.usable(grad):
-            dx, grad_w, grad_bias = native.tcn_kernels().depthwise_backward(
+        if ctx.kernels is not None and grad.dtype == torch.float32:
+            dx, grad_w, grad_bias = ctx.kernels.depthwise_backward(
                 x, grad, weight[:, 0, :], ctx.dilation, ctx.has_bias)
             return dx, grad_w[:, None, :], grad_bias if ctx.has_bias else None, None
         T = x.shape[-1]

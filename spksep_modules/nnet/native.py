@@ -8,14 +8,15 @@ forward and backward take ~0.4x the time (``bench/bench_forms.py``).
 
 The kernels are compiled with PyTorch's C++ extension builder (a C++ compiler and ninja;
 about a minute, once per machine and instruction set: the build is cached in
-``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``). ``spksep kernels`` builds
+``~/.cache/torch_extensions/<python and CUDA tag>/<name>``, or under
+``$TORCH_EXTENSIONS_DIR``). ``spksep kernels`` builds
 them ahead, so the first training run does not wait.
 They are built for the instruction set PyTorch's own CPU kernels use
 (``torch.backends.cpu.get_cpu_capability()``, which honours ``ATEN_CPU_CAPABILITY``), so
 a run limited to AVX2 measures what an AVX2-only CPU would run.
 
-Where they cannot be built (no compiler, a failed build) :func:`tcn_kernels` returns None,
-says why once, and the layers run ``nnet.cpu_kernels``' PyTorch spelling: slower, the same
+Where they cannot be built (no compiler, no ninja, a build folder that cannot be written, a
+failed build) :func:`tcn_kernels` returns None, says why once, and the layers run ``nnet.cpu_kernels``' PyTorch spelling: slower, the same
 results. ``SPKSEP_NATIVE_KERNELS=0`` turns them off. A failed build is remembered (a
 marker file beside the build) so that later processes do not try again; delete it, or
 set ``SPKSEP_NATIVE_KERNELS=1``, to retry.
@@ -103,6 +104,22 @@ def _marker(name: str) -> str:
     return os.path.join(_get_build_directory(name, verbose=False), "BUILD_FAILED")
 
 
+def _compiler_error(error: Exception) -> str:
+    """The lines of a build failure that say what went wrong: PyTorch's message starts with
+    ninja's output, whose first line is the (long) compiler command.
+
+    Example
+    -------
+    >>> _compiler_error(RuntimeError("Error building extension 'x': [1/2] c++ -O3 ... -c a.cpp\\n"
+    ...                              "a.cpp:3:1: error: expected ';' before '}' token\\nninja: build stopped"))
+    "a.cpp:3:1: error: expected ';' before '}' token"
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() and not line.startswith("Error building")]
+    text = " | ".join(errors[:3]) if errors else " ".join(" ".join(lines).split())[-300:]
+    return text[:500]
+
+
 def _why_not() -> str:
     """Why the kernels cannot be built here, or "" if they can be tried."""
     setting = os.environ.get("SPKSEP_NATIVE_KERNELS", "").strip().lower()
@@ -142,29 +159,35 @@ def tcn_kernels():
             warnings.warn(f"spksep: compiled TCN kernels off ({why}); the PyTorch kernels run instead",
                           stacklevel=2)
         return None
-    name = _build_name(level)
-    marker = _marker(name)
+    _with_venv_ninja()
+    if not _cpp_extension().is_ninja_available():  # not remembered: installing it is the fix
+        warnings.warn("spksep: compiled TCN kernels off (ninja not found: pip install ninja); "
+                      "the PyTorch kernels run instead", stacklevel=2)
+        return None
+    try:
+        name = _build_name(level)
+        marker = _marker(name)  # creates the build folder: fails where it cannot be written
+    except OSError as error:
+        warnings.warn(f"spksep: compiled TCN kernels off (no build folder: {error}; set "
+                      "TORCH_EXTENSIONS_DIR to a writable folder); the PyTorch kernels run instead",
+                      stacklevel=2)
+        return None
     retry = os.environ.get("SPKSEP_NATIVE_KERNELS", "").strip() == "1"
     if os.path.exists(marker) and not retry:
         warnings.warn(f"spksep: compiled TCN kernels off (their build failed before: {marker}; "
                       "delete it or set SPKSEP_NATIVE_KERNELS=1 to retry)", stacklevel=2)
         return None
-    _with_venv_ninja()
     try:
         module = _cpp_extension().load(name=name, sources=[SOURCE], extra_cflags=build_flags(level),
                                        verbose=False)
     except Exception as error:  # noqa: BLE001 - any build failure leaves the PyTorch kernels
-        reason = " ".join(str(error).split())[:300]
-        try:
-            os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with contextlib.suppress(OSError):  # the whole output, for whoever reads the marker
             with open(marker, "w") as f:
-                f.write(reason + "\n")
-        except OSError:
-            pass
-        warnings.warn(f"spksep: compiled TCN kernels could not be built ({reason}); "
-                      "the PyTorch kernels run instead", stacklevel=2)
+                f.write(str(error) + "\n")
+        warnings.warn(f"spksep: compiled TCN kernels could not be built ({_compiler_error(error)}; "
+                      f"the whole output: {marker}); the PyTorch kernels run instead", stacklevel=2)
         return None
-    if os.path.exists(marker):  # a retry that built: later processes need not skip it
+    with contextlib.suppress(OSError):  # a retry that built: later processes need not skip it
         os.remove(marker)
     _loaded[level] = module
     return module
@@ -190,8 +213,9 @@ def disabled():
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Whether the compiled kernels serve ``x``: a contiguous float32 CPU tensor, and
-    the kernels available (other dtypes run the PyTorch kernels)."""
+    """Whether the compiled kernels serve ``x``: a contiguous, non-empty ``[batch, C,
+    frames]`` float32 CPU tensor, and the kernels available (anything else runs the
+    PyTorch kernels)."""
     return (x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()
-            and tcn_kernels() is not None)
+            and x.dim() == 3 and x.numel() > 0 and tcn_kernels() is not None)
 

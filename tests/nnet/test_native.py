@@ -17,12 +17,6 @@ KERNELS = native.tcn_kernels()
 needs_kernels = pytest.mark.skipif(KERNELS is None, reason="compiled kernels not available here")
 
 
-@pytest.fixture
-def pytorch_kernels(monkeypatch):
-    """Within the test, the layers run the PyTorch spelling (as where no build exists)."""
-    monkeypatch.setitem(native._loaded, native.capability(), None)
-
-
 def run_both(fn, monkeypatch, *inputs):
     """``fn``'s outputs and the inputs' gradients, with the compiled kernels and without."""
     results = []
@@ -67,7 +61,9 @@ def test_prelu_gln_keeps_its_accuracy_under_a_large_offset():
 
 @needs_kernels
 @pytest.mark.parametrize("P,dilation,T,bias", [(3, 1, 50, True), (3, 16, 999, False), (3, 64, 40, True),
-                                               (5, 3, 100, True), (1, 1, 7, False), (3, 2, 1, True)])
+                                               (5, 3, 100, True), (1, 1, 7, False), (3, 2, 1, True),
+                                               # taps partly in range; |offset| = T - 1 and T
+                                               (5, 25, 40, True), (3, 39, 40, False), (3, 40, 40, True)])
 def test_depthwise_matches_the_pytorch_kernel_and_conv1d(monkeypatch, P, dilation, T, bias):
     torch.manual_seed(0)
     x = torch.randn(3, 6, T, requires_grad=True)
@@ -133,7 +129,8 @@ def test_a_failed_build_warns_once_falls_back_and_is_not_retried(monkeypatch, tm
 
     def broken(**kwargs):
         calls.append(kwargs["name"])
-        raise RuntimeError("g++: fatal error: no input files")
+        raise RuntimeError("Error building extension 'x': [1/2] c++ -O3 -mavx2 " + "-I/include " * 60
+                           + "-c tcn_kernels.cpp\ng++: fatal error: no input files\nninja: build stopped")
 
     monkeypatch.setattr(cpp, "load", broken)
     with warnings.catch_warnings(record=True) as caught:
@@ -141,7 +138,8 @@ def test_a_failed_build_warns_once_falls_back_and_is_not_retried(monkeypatch, tm
         assert native.tcn_kernels() is None
         assert native.tcn_kernels() is None  # cached in the process: no second build
     assert len(calls) == 1
-    assert [str(w.message) for w in caught if "could not be built" in str(w.message)]
+    built = [str(w.message) for w in caught if "could not be built" in str(w.message)]
+    assert built and "fatal error: no input files" in built[0]  # the error, not the command
     marker = native._marker(calls[0])
     assert os.path.exists(marker) and "no input files" in open(marker).read()
     # A new process (a fresh cache) does not build again: the marker says it failed.
@@ -179,3 +177,55 @@ def test_spksep_kernels_builds_them_or_says_why(monkeypatch, capsys):
     monkeypatch.setattr(native, "_loaded", {})
     assert main(["kernels"]) == 1
     assert "not available" in capsys.readouterr().out
+
+
+@needs_kernels
+@pytest.mark.parametrize("compiled_forward", [True, False])
+def test_the_backward_takes_the_forwards_path(monkeypatch, compiled_forward):
+    """A forward under ``native.disabled()`` and its backward outside it (or the reverse)
+    give the gradients of the PyTorch kernels: the two paths save different statistics."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 120, requires_grad=True)
+    alpha, gamma, beta = torch.tensor([0.2]), torch.rand(6) + 0.5, torch.randn(6)
+    w = torch.randn(6, 1, 3)
+    want = torch.autograd.grad(
+        F.conv1d(F.group_norm(F.prelu(x, alpha), 1, gamma, beta, 1e-8), w, padding=2, dilation=2,
+                 groups=6).square().sum(), x)[0]
+    monkeypatch.setitem(native._loaded, native.capability(), KERNELS if compiled_forward else None)
+    y = DepthwiseConvFunction.apply(PReLUGLNFunction.apply(x, alpha, gamma, beta, 1e-8), w, None, 2)
+    monkeypatch.setitem(native._loaded, native.capability(), None if compiled_forward else KERNELS)
+    (grad,) = torch.autograd.grad(y.square().sum(), x)
+    torch.testing.assert_close(grad, want, atol=1e-4, rtol=1e-4)
+
+
+def test_without_ninja_it_warns_and_does_not_remember_a_failure(monkeypatch, tmp_path):
+    import torch.utils.cpp_extension as cpp
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.delenv("SPKSEP_NATIVE_KERNELS", raising=False)
+    monkeypatch.setattr(native, "_why_not", lambda: "")
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(cpp, "is_ninja_available", lambda: False)
+    monkeypatch.setattr(cpp, "load", lambda **kwargs: pytest.fail("built without ninja"))
+    with pytest.warns(UserWarning, match="ninja not found"):
+        assert native.tcn_kernels() is None
+    assert not list(tmp_path.rglob("BUILD_FAILED"))  # installing ninja is enough to get them
+
+
+def test_a_build_folder_that_cannot_be_made_warns_instead_of_failing(monkeypatch, tmp_path):
+    import torch.utils.cpp_extension as cpp
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocker / "extensions"))
+    monkeypatch.delenv("SPKSEP_NATIVE_KERNELS", raising=False)
+    monkeypatch.setattr(native, "_why_not", lambda: "")
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(cpp, "is_ninja_available", lambda: True)
+    monkeypatch.setattr(cpp, "load", lambda **kwargs: pytest.fail("built without a build folder"))
+    with pytest.warns(UserWarning, match="TORCH_EXTENSIONS_DIR"):
+        assert native.tcn_kernels() is None
+    # and the layers run (the PyTorch kernels)
+    x = torch.randn(1, 4, 20, requires_grad=True)
+    PReLUGLNFunction.apply(x, torch.tensor([0.25]), torch.ones(4), torch.zeros(4), 1e-8).sum().backward()
+    assert torch.isfinite(x.grad).all()
