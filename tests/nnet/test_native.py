@@ -198,31 +198,30 @@ def test_the_backward_takes_the_forwards_path(monkeypatch, compiled_forward):
     torch.testing.assert_close(grad, want, atol=1e-4, rtol=1e-4)
 
 
-def test_without_ninja_it_warns_and_does_not_remember_a_failure(monkeypatch, tmp_path):
+def fresh_build(monkeypatch, extensions_dir, ninja):
+    """A process that has not built the kernels yet, with its build folder at
+    ``extensions_dir`` and ninja there or not; building fails the test."""
     import torch.utils.cpp_extension as cpp
 
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions_dir))
     monkeypatch.delenv("SPKSEP_NATIVE_KERNELS", raising=False)
     monkeypatch.setattr(native, "_why_not", lambda: "")
     monkeypatch.setattr(native, "_loaded", {})
-    monkeypatch.setattr(cpp, "is_ninja_available", lambda: False)
-    monkeypatch.setattr(cpp, "load", lambda **kwargs: pytest.fail("built without ninja"))
+    monkeypatch.setattr(cpp, "is_ninja_available", lambda: ninja)
+    monkeypatch.setattr(cpp, "load", lambda **kwargs: pytest.fail("a build was tried"))
+
+
+def test_without_ninja_it_warns_and_does_not_remember_a_failure(monkeypatch, tmp_path):
+    fresh_build(monkeypatch, tmp_path, ninja=False)
     with pytest.warns(UserWarning, match="ninja not found"):
         assert native.tcn_kernels() is None
     assert not list(tmp_path.rglob("BUILD_FAILED"))  # installing ninja is enough to get them
 
 
 def test_a_build_folder_that_cannot_be_made_warns_instead_of_failing(monkeypatch, tmp_path):
-    import torch.utils.cpp_extension as cpp
-
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocker / "extensions"))
-    monkeypatch.delenv("SPKSEP_NATIVE_KERNELS", raising=False)
-    monkeypatch.setattr(native, "_why_not", lambda: "")
-    monkeypatch.setattr(native, "_loaded", {})
-    monkeypatch.setattr(cpp, "is_ninja_available", lambda: True)
-    monkeypatch.setattr(cpp, "load", lambda **kwargs: pytest.fail("built without a build folder"))
+    fresh_build(monkeypatch, blocker / "extensions", ninja=True)
     with pytest.warns(UserWarning, match="TORCH_EXTENSIONS_DIR"):
         assert native.tcn_kernels() is None
     # and the layers run (the PyTorch kernels)
