@@ -134,8 +134,8 @@ VARIANTS = {
     # ... with new training mixtures every epoch from the training split's utterances, at
     # their own levels (a small training set is seen tens of times in 20 minutes).
     "train.py+bf16auto+dm-split+cooldown": dict(
-        model="ours", schedule=False, dynamic_mixing=False, recipe=True, cooldown=0.15,
-        bf16_products="auto", overrides=["--dynamic_mixing=True", "--dm_loudness=train_split"]),
+        model="ours", schedule=False, dynamic_mixing=True, loudness="train_split", recipe=True,
+        cooldown=0.15, bf16_products="auto", overrides=["--dynamic_mixing=True", "--dm_loudness=train_split"]),
 }
 RECIPE = os.path.join(REPO, "recipes", "LibriMix", "separation")
 # What `make bench` runs: SpeechBrain's model, ours in the same plain loop, and ours through

@@ -154,10 +154,9 @@ def split_utterances(csv_path, num_spks, sample_rate):
     list of Utterance
         In CSV order. An utterance in several mixtures comes once per mixture: a data set
         that reuses an utterance cuts it at another place each time (``min`` mode cuts it
-        where its partner ends), and every copy is speech the static split trains on. (One
-        copy per utterance ID drew from a fraction of the speech on such a set: on the
-        real-speech development set, 171 windows of the 1,600 sources, and dynamic mixing
-        lost 0.8 dB to the static split there; ``bench/NOTES.md``.)
+        where its partner ends), and every copy is speech the static split trains on (one
+        copy per utterance ID drew from 171 of the real-speech development set's 1,600
+        sources; ``bench/NOTES.md``).
 
     Example
     -------

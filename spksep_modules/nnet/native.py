@@ -9,15 +9,15 @@ forward and backward take ~0.4x the time (``bench/bench_forms.py``).
 The kernels are compiled with PyTorch's C++ extension builder (a C++ compiler and ninja;
 about a minute, once per machine and instruction set: the build is cached in
 ``~/.cache/torch_extensions/<python and CUDA tag>/<name>``, or under
-``$TORCH_EXTENSIONS_DIR``). ``spksep kernels`` builds
-them ahead, so the first training run does not wait.
+``$TORCH_EXTENSIONS_DIR``). ``spksep kernels`` builds them ahead, so the first training run
+does not wait.
 They are built for the instruction set PyTorch's own CPU kernels use
 (``torch.backends.cpu.get_cpu_capability()``, which honours ``ATEN_CPU_CAPABILITY``), so
 a run limited to AVX2 measures what an AVX2-only CPU would run.
 
 Where they cannot be built (no compiler, no ninja, a build folder that cannot be written, a
-failed build) :func:`tcn_kernels` returns None, says why once, and the layers run ``nnet.cpu_kernels``' PyTorch spelling: slower, the same
-results. ``SPKSEP_NATIVE_KERNELS=0`` turns them off. A failed build is remembered (a
+failed build) :func:`tcn_kernels` returns None, says why once, and the layers run
+``nnet.cpu_kernels``' PyTorch spelling: slower, the same results. ``SPKSEP_NATIVE_KERNELS=0`` turns them off. A failed build is remembered (a
 marker file beside the build) so that later processes do not try again; delete it, or
 set ``SPKSEP_NATIVE_KERNELS=1``, to retry.
 """
