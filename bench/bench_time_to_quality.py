@@ -37,7 +37,9 @@ Variants (``--variants``), each changing one thing in one before it:
   ``train.py+paper-shape+cooldown`` with the paper's mask network (skip path, biases) in
   place of the recipe's default (SpeechBrain's shape; ``ours`` in the plain loop has it too);
   ``train.py+bf16auto+dm-split+cooldown`` adds dynamic mixing at the training split's levels
-  (``dynamic_mixing: True``, ``dm_loudness: train_split``).
+  (``dynamic_mixing: True``, ``dm_loudness: train_split``), and
+  ``train.py+bf16auto+dm-utt+cooldown`` gives those levels to the whole utterances the
+  segments are cut from (``dm_level_on: utterance``) rather than to each segment.
 - ``ours+ema``: ``ours``, evaluated with an exponential moving average of its weights
   (decay 0.99 per step, ``torch.optim.swa_utils``): it smooths the step-to-step noise of
   a constant-rate run.
@@ -136,6 +138,11 @@ VARIANTS = {
     "train.py+bf16auto+dm-split+cooldown": dict(
         model="ours", schedule=False, dynamic_mixing=True, loudness="train_split", recipe=True,
         cooldown=0.15, bf16_products="auto", overrides=["--dynamic_mixing=True", "--dm_loudness=train_split"]),
+    # ... levelling whole utterances, so a segment keeps its level within its utterance.
+    "train.py+bf16auto+dm-utt+cooldown": dict(
+        model="ours", schedule=False, dynamic_mixing=True, loudness="train_split", level_on="utterance",
+        recipe=True, cooldown=0.15, bf16_products="auto",
+        overrides=["--dynamic_mixing=True", "--dm_loudness=train_split", "--dm_level_on=utterance"]),
 }
 RECIPE = os.path.join(REPO, "recipes", "LibriMix", "separation")
 # What `make bench` runs: SpeechBrain's model, ours in the same plain loop, and ours through
@@ -271,7 +278,7 @@ def train_loader(csvs, config, args, seed):
         dataset = DynamicMixingDataset(
             split_utterances(csvs["train"], 2, args.sample_rate), args.sample_rate, 2,
             epoch_mixtures=epoch_mixtures, segment_seconds=args.segment, seed=seed, rank=0,
-            loudness=loudness)
+            loudness=loudness, level_on=config.get("level_on", "segment"))
     else:
         from spksep_modules.data.pipeline import build_datasets
 

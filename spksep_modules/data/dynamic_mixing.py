@@ -15,7 +15,11 @@ Dynamic mixing instead builds every training item anew, the way LibriMix's own s
    then reach full scale is instead scaled to a 0.9 peak. With ``loudness="train_split"``
    the targets are instead the loudness of the sources of a random mixture of the training
    split (``split_loudness``): new mixtures then keep the levels, and the level differences,
-   of the data set they stand in for, whatever rule made it;
+   of the data set they stand in for, whatever rule made it. With ``level_on="utterance"``
+   the loudness (and the clipping peak) is that of the whole utterance the segment is cut
+   from, as LibriMix levels whole utterances before a recipe crops them: a segment then
+   keeps its level within its utterance (a pause stays quiet, a quiet passage stays quiet)
+   instead of every segment being brought to the target;
 4. with a noise folder (``dm_noise_folder``), a random crop of a random noise file, its
    loudness set to a target drawn uniformly from [-38, -30] LUFS (LibriMix draws WHAM!'s
    noise 5 dB below the speech's range), by the same clipping rule; only the first channel
@@ -429,7 +433,7 @@ class _Mixer:
     """
 
     def __init__(self, utterances, sample_rate, num_spks, segment, seed, rank,
-                 loudness=LOUDNESS_RANGE, max_amp=MAX_AMP, noises=()):
+                 loudness=LOUDNESS_RANGE, max_amp=MAX_AMP, noises=(), level_on="segment"):
         self.sample_rate = int(sample_rate)
         self.num_spks = int(num_spks)
         self.segment = segment  # samples, or None for whole (shortest) utterances
@@ -440,6 +444,8 @@ class _Mixer:
         self.loudness = np.asarray(loudness, dtype=np.float64)
         self.max_amp = float(max_amp)
         self.noises = list(noises)  # NoiseFile list; empty: clean mixtures
+        self.level_on = level_on  # "segment" | "utterance": what the loudness is measured on
+        self._utterance_levels = {}  # path -> (loudness, peak) of the whole utterance
         by_speaker = {}
         for utt in utterances:
             by_speaker.setdefault(utt.speaker, []).append(utt)
@@ -476,15 +482,25 @@ class _Mixer:
             noise = (chosen_noise, start, float(rng.uniform(*NOISE_LOUDNESS_RANGE)))
         return utterances, starts, length, targets, noise
 
-    def _at_loudness(self, wav, target):
-        """``wav`` scaled to ``target`` LUFS, or to a ``max_amp`` peak if that would clip."""
-        loudness = integrated_loudness(self.meter(), wav)
+    def _at_loudness(self, wav, target, level_of=None):
+        """``wav`` scaled to ``target`` LUFS, or to a ``max_amp`` peak if that would clip.
+
+        ``level_of``: the ``(loudness, peak)`` to set the gain from (the whole utterance's);
+        None: ``wav``'s own.
+        """
+        loudness, peak = level_of or (integrated_loudness(self.meter(), wav), np.abs(wav).max())
         # A silent segment has no level to set (its gain would be infinite).
         gain = 10.0 ** ((target - loudness) / 20.0) if np.isfinite(loudness) else 1.0
-        peak = np.abs(wav).max()
         if gain * peak >= 1.0:  # LibriMix: a source that would clip gets a 0.9 peak instead
             gain = self.max_amp / peak
         return wav * gain
+
+    def utterance_level(self, utt):
+        """``(loudness, peak)`` of the whole utterance, measured once per process."""
+        if utt.path not in self._utterance_levels:
+            wav = read_wav(utt.path, self.sample_rate).numpy().astype(np.float64)
+            self._utterance_levels[utt.path] = (integrated_loudness(self.meter(), wav), np.abs(wav).max())
+        return self._utterance_levels[utt.path]
 
     def __call__(self, index):
         utterances, starts, length, targets, noise_draw = self.draw(index)
@@ -492,7 +508,8 @@ class _Mixer:
         signals = np.empty((self.num_spks + (noise_draw is not None), length))
         for k, (utt, start, target) in enumerate(zip(utterances, starts, targets)):
             wav = read_wav(utt.path, self.sample_rate, start, start + length).numpy().astype(np.float64)
-            signals[k] = self._at_loudness(wav, target)
+            level_of = self.utterance_level(utt) if self.level_on == "utterance" else None
+            signals[k] = self._at_loudness(wav, target, level_of)
         if noise_draw is not None:
             noise_file, start, target = noise_draw
             signals[-1] = self._at_loudness(read_noise(noise_file, start, length), target)
@@ -537,6 +554,9 @@ class DynamicMixingDataset(DynamicItemDataset):
         Each source's loudness target (LUFS): drawn uniformly in ``[low, high]``
         (LibriMix's [-33, -25], the default), or a random row of this table
         (``split_loudness``).
+    level_on : "segment" | "utterance"
+        What the target loudness is given to: the drawn segment (the default), or the whole
+        utterance it is cut from (its loudness and peak, measured once per process).
     noises : list of NoiseFile or None
         Noise to add to every mixture (``noise_files``), at U[-38, -30] LUFS; the targets
         stay the clean sources. Needed with ``num_spks=1`` (enhancement).
@@ -569,7 +589,9 @@ class DynamicMixingDataset(DynamicItemDataset):
 
     def __init__(self, utterances, sample_rate, num_spks, epoch_mixtures, segment_seconds=3.0,
                  short_policy="pad", seed=0, rank=None, where="dynamic mixing",
-                 loudness=LOUDNESS_RANGE, noises=None):
+                 loudness=LOUDNESS_RANGE, noises=None, level_on="segment"):
+        if level_on not in ("segment", "utterance"):
+            raise SpkSepError(f"dm_level_on: must be 'segment' or 'utterance', got {level_on!r}")
         if num_spks == 1 and not noises:
             raise SpkSepError("dm_noise_folder: dynamic mixing with num_spks=1 needs noise "
                               "(one clean source alone would be its own target)")
@@ -598,7 +620,7 @@ class DynamicMixingDataset(DynamicItemDataset):
             raise SpkSepError(f"{where}: loudness must be (low, high) or a [mixtures, {num_spks}] "
                               f"table, got shape {loudness.shape}")
         self.mixer = _Mixer(utterances, sample_rate, num_spks, segment, seed, rank, loudness,
-                            noises=noises or ())
+                            noises=noises or (), level_on=level_on)
         # One row per item: its index is all a mixture is drawn from (with seed, epoch, rank).
         super().__init__({f"dm{i}": {"index": i} for i in range(epoch_mixtures)})
         self.add_dynamic_item(self.mixer, takes="index", provides="mixture")
@@ -625,6 +647,7 @@ def dynamic_mixing_set(train_csv, hparams):
     Keys read: ``sample_rate, num_spks, segment_seconds, short_policy, seed, dm_folder``
     (null: the training split's own sources), ``dm_epoch_mixtures`` (null: as many as the
     static training set), ``dm_loudness`` (``librimix``, the default, or ``train_split``),
+    ``dm_level_on`` (``segment``, the default, or ``utterance``),
     ``dm_noise_folder`` (null: no noise; else ``noise_files``), and ``fixed_crops``,
     ``basic_cache_mb`` and ``train_loader_opts: {persistent_workers}``, which must be off.
 
@@ -671,10 +694,11 @@ def dynamic_mixing_set(train_csv, hparams):
     dataset = DynamicMixingDataset(
         utterances, sample_rate, num_spks, epoch_mixtures, segment_seconds=segment_seconds,
         short_policy=short_policy, seed=hparams["seed"], where=where, loudness=loudness,
-        noises=noises,
+        noises=noises, level_on=hparams.get("dm_level_on") or "segment",
     )
     logger.info("Dynamic mixing: %d mixtures per epoch from %d utterances of %d speakers (%s), "
-                "loudness as %s%s", len(dataset), sum(len(u) for u in dataset.mixer.by_speaker),
-                len(dataset.mixer.speakers), where, rule,
+                "loudness as %s, set on each %s%s", len(dataset),
+                sum(len(u) for u in dataset.mixer.by_speaker), len(dataset.mixer.speakers), where,
+                rule, dataset.mixer.level_on,
                 "" if noises is None else f", noise from {len(noises)} files ({noise_folder})")
     return dataset
