@@ -240,6 +240,49 @@ def test_segments_shorter_than_a_loudness_block_and_than_the_segment(utterances,
         mixture.target_lufs[1 - k] + 20 * np.log10(mixture.peak_scale), abs=0.05)
 
 
+def test_utterance_levelling_keeps_each_segment_at_its_level_within_its_utterance(tmp_path):
+    """``level_on="utterance"``: the gain is the whole utterance's, so a segment from a quiet
+    stretch stays quiet (as in a crop of a LibriMix mixture) instead of reaching the target."""
+    meter, rng, utts = pyloudnorm.Meter(SR), np.random.default_rng(3), []
+    for speaker in ("1", "2"):  # a loud second, then a quiet one (20 dB down)
+        wav = np.concatenate([0.1 * rng.standard_normal(SR), 0.01 * rng.standard_normal(SR)])
+        path = tmp_path / f"{speaker}-1-0000.wav"
+        sf.write(path, wav, SR, subtype="FLOAT")
+        utts.append(Utterance(f"{speaker}-1-0000", str(path), speaker, 2 * SR))
+    by_segment = dataset(utts, segment_seconds=0.5, epoch_mixtures=12)
+    by_utterance = dataset(utts, segment_seconds=0.5, epoch_mixtures=12, level_on="utterance")
+    spread = []
+    for i in range(12):
+        mixture = by_utterance.mixture(i)
+        assert by_segment.mixer.draw(i) == by_utterance.mixer.draw(i)  # same draws, other gains
+        _, starts, length, targets, _ = by_utterance.mixer.draw(i)
+        for k, speaker in enumerate(mixture.speakers):
+            whole, _ = sf.read(tmp_path / f"{speaker}-1-0000.wav")
+            gain = 10 ** ((targets[k] - meter.integrated_loudness(whole)) / 20) * mixture.peak_scale
+            raw = whole[starts[k]:starts[k] + length]
+            np.testing.assert_allclose(mixture.sources[:, k].numpy(), raw * gain, rtol=1e-4, atol=1e-7)
+            # the whole utterance at that gain has the drawn loudness (less the peak scaling)
+            assert meter.integrated_loudness(whole * gain) == pytest.approx(
+                targets[k] + 20 * np.log10(mixture.peak_scale), abs=0.05)
+            spread.append(meter.integrated_loudness(mixture.sources[:, k].double().numpy()))
+        assert torch.equal(mixture.mix, mixture.sources.sum(-1))
+    # segments from the quiet second stay ~20 dB down; segment levelling evens them out
+    assert max(spread) - min(spread) > 12
+    again = [by_segment.mixture(i) for i in range(12)]
+    evened = [meter.integrated_loudness(m.sources[:, k].double().numpy()) - 20 * np.log10(m.peak_scale)
+              - m.target_lufs[k] for m in again for k in range(2)]
+    assert max(abs(e) for e in evened) < 0.05
+    # the clipping rule looks at the whole utterance's peak, not the segment's
+    by_utterance.mixer.loudness = np.array([-3.0, -3.0])
+    mixture = by_utterance.mixture(0)
+    _, starts, length, _, _ = by_utterance.mixer.draw(0)
+    k = 0
+    whole, _ = sf.read(tmp_path / f"{mixture.speakers[k]}-1-0000.wav")
+    expected = whole[starts[k]:starts[k] + length] * MAX_AMP / np.abs(whole).max() * mixture.peak_scale
+    np.testing.assert_allclose(mixture.sources[:, k].numpy(), expected, rtol=1e-4, atol=1e-7)
+    expect_error("'segment' or 'utterance'", "dm_level_on", dataset, utts, level_on="file")
+
+
 # ---------------------------------------------------------------- determinism
 
 
@@ -297,6 +340,9 @@ def test_recipe_keys_epoch_length_and_refusals(demo):
                  {**hparams, "dm_loudness": "lufs"})
     split = dynamic_mixing_set(train_csv, {**hparams, "dm_loudness": "train_split"})
     assert split.mixer.loudness.shape == (NUM_TRAIN, 2)
+    assert split.mixer.level_on == "segment"
+    whole = dynamic_mixing_set(train_csv, {**hparams, "dm_loudness": "train_split", "dm_level_on": "utterance"})
+    assert whole.mixer.level_on == "utterance"
 
 
 # ---------------------------------------------------------------- noise (dm_noise_folder)
