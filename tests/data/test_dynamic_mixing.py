@@ -452,8 +452,9 @@ def test_conv_tasnet_trains_with_dynamic_mixing(dm_baseline):
 def test_perceptual_model_trains_with_dynamic_mixing(demo, tmp_path):
     out = tmp_path / "weighted_sum"
     train(["hparams/weighted_sum.yaml", f"--data_folder={demo[0]}", f"--output_folder={out}", *TINY,
-           "--representation=ge2e"])
+           "--representation=ge2e", "--dm_level_on=utterance"])
     log = check_dm_run(out)
+    assert "set on each utterance" in (out / "log.txt").read_text()  # the yaml key reached the mixer
     assert "train D_pos" in log and "train D_neg" in log  # on the drawn mixtures' sources
 
 
