@@ -17,9 +17,10 @@ Dynamic mixing instead builds every training item anew, the way LibriMix's own s
    split (``split_loudness``): new mixtures then keep the levels, and the level differences,
    of the data set they stand in for, whatever rule made it. With ``level_on="utterance"``
    the loudness (and the clipping peak) is that of the whole utterance the segment is cut
-   from, as LibriMix levels whole utterances before a recipe crops them: a segment then
-   keeps its level within its utterance (a pause stays quiet, a quiet passage stays quiet)
-   instead of every segment being brought to the target;
+   from (measured once, when the dataset is made), as LibriMix levels whole utterances
+   before a recipe crops them: a segment then keeps its level within its utterance (a pause
+   stays quiet, a quiet passage stays quiet) instead of every segment being brought to the
+   target. The noise crop is levelled by itself either way;
 4. with a noise folder (``dm_noise_folder``), a random crop of a random noise file, its
    loudness set to a target drawn uniformly from [-38, -30] LUFS (LibriMix draws WHAM!'s
    noise 5 dB below the speech's range), by the same clipping rule; only the first channel
@@ -444,8 +445,16 @@ class _Mixer:
         self.loudness = np.asarray(loudness, dtype=np.float64)
         self.max_amp = float(max_amp)
         self.noises = list(noises)  # NoiseFile list; empty: clean mixtures
-        self.level_on = level_on  # "segment" | "utterance": what the loudness is measured on
-        self._utterance_levels = {}  # path -> (loudness, peak) of the whole utterance
+        self._meter = None
+        if level_on not in ("segment", "utterance"):
+            raise SpkSepError(f"dm_level_on: must be 'segment' or 'utterance', got {level_on!r}")
+        self.level_on = level_on  # what the loudness is given to
+        # path -> (loudness, peak) of each whole utterance, measured here, in the main process,
+        # so that DataLoader workers (made anew every epoch) inherit it instead of re-measuring.
+        self._utterance_levels = {}
+        if level_on == "utterance":
+            for utt in utterances:
+                self.utterance_level(utt)
         by_speaker = {}
         for utt in utterances:
             by_speaker.setdefault(utt.speaker, []).append(utt)
@@ -453,7 +462,6 @@ class _Mixer:
         self.by_speaker = [by_speaker[s] for s in self.speakers]
         counts = np.array([len(u) for u in self.by_speaker], dtype=np.float64)
         self.speaker_weights = counts / counts.sum()
-        self._meter = None
 
     def meter(self):
         if self._meter is None:  # made on first use: cheap to pickle to workers
@@ -482,13 +490,15 @@ class _Mixer:
             noise = (chosen_noise, start, float(rng.uniform(*NOISE_LOUDNESS_RANGE)))
         return utterances, starts, length, targets, noise
 
-    def _at_loudness(self, wav, target, level_of=None):
+    def _at_loudness(self, wav, target, level=None):
         """``wav`` scaled to ``target`` LUFS, or to a ``max_amp`` peak if that would clip.
 
-        ``level_of``: the ``(loudness, peak)`` to set the gain from (the whole utterance's);
+        ``level``: the ``(loudness, peak)`` to set the gain from (the whole utterance's);
         None: ``wav``'s own.
         """
-        loudness, peak = level_of or (integrated_loudness(self.meter(), wav), np.abs(wav).max())
+        if level is None:
+            level = integrated_loudness(self.meter(), wav), np.abs(wav).max()
+        loudness, peak = level
         # A silent segment has no level to set (its gain would be infinite).
         gain = 10.0 ** ((target - loudness) / 20.0) if np.isfinite(loudness) else 1.0
         if gain * peak >= 1.0:  # LibriMix: a source that would clip gets a 0.9 peak instead
@@ -496,7 +506,9 @@ class _Mixer:
         return wav * gain
 
     def utterance_level(self, utt):
-        """``(loudness, peak)`` of the whole utterance, measured once per process."""
+        """``(loudness, peak)`` of the whole utterance ``utt``: its BS.1770 loudness in LUFS
+        (-inf for a silent file, which then keeps its level) and its largest absolute sample,
+        both floats; measured on first call, then remembered."""
         if utt.path not in self._utterance_levels:
             wav = read_wav(utt.path, self.sample_rate).numpy().astype(np.float64)
             self._utterance_levels[utt.path] = (integrated_loudness(self.meter(), wav), np.abs(wav).max())
@@ -508,8 +520,8 @@ class _Mixer:
         signals = np.empty((self.num_spks + (noise_draw is not None), length))
         for k, (utt, start, target) in enumerate(zip(utterances, starts, targets)):
             wav = read_wav(utt.path, self.sample_rate, start, start + length).numpy().astype(np.float64)
-            level_of = self.utterance_level(utt) if self.level_on == "utterance" else None
-            signals[k] = self._at_loudness(wav, target, level_of)
+            level = self.utterance_level(utt) if self.level_on == "utterance" else None
+            signals[k] = self._at_loudness(wav, target, level)
         if noise_draw is not None:
             noise_file, start, target = noise_draw
             signals[-1] = self._at_loudness(read_noise(noise_file, start, length), target)
@@ -556,7 +568,8 @@ class DynamicMixingDataset(DynamicItemDataset):
         (``split_loudness``).
     level_on : "segment" | "utterance"
         What the target loudness is given to: the drawn segment (the default), or the whole
-        utterance it is cut from (its loudness and peak, measured once per process).
+        utterance it is cut from (its loudness and peak, measured here for every utterance:
+        ~7 ms for an 8 s one, so seconds for a split, minutes for train-clean-100).
     noises : list of NoiseFile or None
         Noise to add to every mixture (``noise_files``), at U[-38, -30] LUFS; the targets
         stay the clean sources. Needed with ``num_spks=1`` (enhancement).
@@ -590,8 +603,6 @@ class DynamicMixingDataset(DynamicItemDataset):
     def __init__(self, utterances, sample_rate, num_spks, epoch_mixtures, segment_seconds=3.0,
                  short_policy="pad", seed=0, rank=None, where="dynamic mixing",
                  loudness=LOUDNESS_RANGE, noises=None, level_on="segment"):
-        if level_on not in ("segment", "utterance"):
-            raise SpkSepError(f"dm_level_on: must be 'segment' or 'utterance', got {level_on!r}")
         if num_spks == 1 and not noises:
             raise SpkSepError("dm_noise_folder: dynamic mixing with num_spks=1 needs noise "
                               "(one clean source alone would be its own target)")

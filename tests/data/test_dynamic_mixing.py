@@ -281,6 +281,13 @@ def test_utterance_levelling_keeps_each_segment_at_its_level_within_its_utteranc
     expected = whole[starts[k]:starts[k] + length] * MAX_AMP / np.abs(whole).max() * mixture.peak_scale
     np.testing.assert_allclose(mixture.sources[:, k].numpy(), expected, rtol=1e-4, atol=1e-7)
     expect_error("'segment' or 'utterance'", "dm_level_on", dataset, utts, level_on="file")
+    # measured when the dataset is made, so DataLoader workers inherit the levels
+    assert set(dataset(utts, level_on="utterance").mixer._utterance_levels) == {u.path for u in utts}
+    # a silent utterance has no loudness (-inf LUFS) and a zero peak: it stays silent, no NaN
+    sf.write(tmp_path / "3-1-0000.wav", np.zeros(SR), SR)
+    silent = Utterance("3-1-0000", str(tmp_path / "3-1-0000.wav"), "3", SR)
+    mixture = dataset([silent, utts[0]], level_on="utterance").mixture(0)
+    assert torch.isfinite(mixture.mix).all() and mixture.sources[:, mixture.speakers.index("3")].abs().max() == 0
 
 
 # ---------------------------------------------------------------- determinism
