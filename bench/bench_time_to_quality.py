@@ -137,12 +137,11 @@ VARIANTS = {
     # their own levels (a small training set is seen tens of times in 20 minutes).
     "train.py+bf16auto+dm-split+cooldown": dict(
         model="ours", schedule=False, dynamic_mixing=True, loudness="train_split", recipe=True,
-        cooldown=0.15, bf16_products="auto", overrides=["--dynamic_mixing=True", "--dm_loudness=train_split"]),
+        cooldown=0.15, bf16_products="auto"),
     # ... levelling whole utterances, so a segment keeps its level within its utterance.
     "train.py+bf16auto+dm-utt+cooldown": dict(
         model="ours", schedule=False, dynamic_mixing=True, loudness="train_split", level_on="utterance",
-        recipe=True, cooldown=0.15, bf16_products="auto",
-        overrides=["--dynamic_mixing=True", "--dm_loudness=train_split", "--dm_level_on=utterance"]),
+        recipe=True, cooldown=0.15, bf16_products="auto"),
 }
 RECIPE = os.path.join(REPO, "recipes", "LibriMix", "separation")
 # What `make bench` runs: SpeechBrain's model, ours in the same plain loop, and ours through
@@ -363,6 +362,9 @@ def run_recipe(name, args, budget):
     fractions = "[" + ",".join(f"{f:g}" for f in snapshot_fractions(args)) + "]"
     marks = "[" + ",".join(str(n) for n in args.equal_steps) + "]"
     sizes = [f"--{key}={value}" for key, value in SIZES.items()]
+    # The variant's data keys, as the plain loop's train_loader reads them.
+    mixing = ["--dynamic_mixing=True", f"--dm_loudness={config.get('loudness', 'librimix')}",
+              f"--dm_level_on={config.get('level_on', 'segment')}"] if config["dynamic_mixing"] else []
     command = [sys.executable, "train.py", "hparams/convtasnet.yaml",
                f"--data_folder={data_folder(args)}", f"--output_folder={out}",
                f"--sample_rate={args.sample_rate}", *sizes, f"--batch_size={args.batch}",
@@ -372,7 +374,7 @@ def run_recipe(name, args, budget):
                f"--cooldown={config.get('cooldown', 0.0)}",
                f"--bf16_products={config.get('bf16_products', False)}",
                f"--budget_snapshots={fractions}", f"--budget_snapshot_steps={marks}",
-               *config.get("overrides", []), *limit]
+               *mixing, *config.get("overrides", []), *limit]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
     proc = subprocess.run(command, cwd=RECIPE, env=env, capture_output=True, text=True)
     if proc.returncode:

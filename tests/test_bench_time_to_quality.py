@@ -194,3 +194,27 @@ def test_nearby_runs_end_their_own_cool_down(ttq, data, tmp_path, monkeypatch):
     snapshot = ttq.recipe_snapshot_scores(str(out / "recipe" / "train.py+cooldown-seed0-6"), args)
     assert snapshot["at-0.500"]["steps"] == 3
     assert snapshot["at-0.500"]["si_snr_i"] != pytest.approx(result["points"][0]["si_snr_i"])
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("train.py+bf16auto+cooldown", []),
+    ("train.py+bf16auto+dm-split+cooldown",
+     ["--dynamic_mixing=True", "--dm_loudness=train_split", "--dm_level_on=segment"]),
+    ("train.py+bf16auto+dm-utt+cooldown",
+     ["--dynamic_mixing=True", "--dm_loudness=train_split", "--dm_level_on=utterance"]),
+])
+def test_recipe_variants_pass_their_data_keys_to_train_py(ttq, tmp_path, monkeypatch, name, expected):
+    """A recipe variant's train.py run mixes its data as the variant's config says (the plain
+    loop reads the same keys), so the JSON's config describes the run."""
+    commands = []
+
+    def stop(command, **kwargs):
+        commands.append(command)
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(ttq.subprocess, "run", stop)
+    args = ttq.parse_args(["--out", str(tmp_path), "--variants", name])
+    with pytest.raises(RuntimeError, match="stop before training"):
+        ttq.run_recipe(name, args, 20.0)
+    mixing = [a for a in commands[0] if a.startswith(("--dynamic_mixing", "--dm_"))]
+    assert mixing == expected
